@@ -1,0 +1,177 @@
+"""Built-in image data that needs no download: scikit-image's bundled faces and photographs.
+
+* :func:`builtin_faces`: the 100 faces of the LFW subset bundled with scikit-image
+  (``skimage.data.lfw_subset()``: 200 grey 25 x 25 crops, the first 100 faces, the rest not),
+  split train/val/test 80/10/10 deterministically.
+* :func:`builtin_natural`: random square crops of scikit-image's bundled photographs, each crop a
+  pure function of ``(seed, index)``.
+
+Both return datasets with the interface of :class:`~genfield.datasets.images.ImageFolder`
+(``__len__``, ``__getitem__ -> ImageSignal``, ``.channels``), so demos, tests and notebooks run
+offline on real images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import skimage.data
+
+from genfield.datasets.images import ImageList, ImageSignal, canonical_colours, square_image
+from genfield.datasets.sampling import split_indices
+from genfield.errors import InputError, unknown_name
+
+#: Colour photographs bundled with scikit-image.
+COLOUR_PHOTOS: tuple[str, ...] = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+)
+#: Grey photographs bundled with scikit-image (used when ``grey=True``, with the colour ones).
+GREY_PHOTOS: tuple[str, ...] = (
+    "camera",
+    "coins",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
+    "clock",
+    "cell",
+)
+
+FACE_SPLITS = ("train", "val", "test")
+NUM_FACES = 100
+
+
+def builtin_faces(split: str = "train", size: int = 32, seed: int = 0) -> ImageList:
+    """The bundled LFW faces, grey, resized to ``size x size``.
+
+    Args:
+        split: ``"train"`` (80 faces), ``"val"`` (10), ``"test"`` (10) or ``"all"`` (100); the
+            split is :func:`~genfield.datasets.sampling.split_indices` of the faces with ``seed``.
+        size: output side length (the originals are 25 x 25; resizing is antialiased bilinear).
+        seed: the seed of the split.
+    """
+    if split != "all" and split not in FACE_SPLITS:
+        raise unknown_name("face split", split, [*FACE_SPLITS, "all"])
+    faces = skimage.data.lfw_subset()[:NUM_FACES]  # (100, 25, 25) float64 in [0, 1]
+    if split == "all":
+        chosen = range(NUM_FACES)
+    else:
+        chosen = split_indices(NUM_FACES, (0.8, 0.1, 0.1), seed=seed, names=FACE_SPLITS)[split]
+        chosen = chosen.tolist()
+    return ImageList(
+        [
+            ImageSignal(
+                square_image(faces[i, :, :, None].astype(np.float32), size),
+                f"lfw_face_{i:03d}",
+                faces.shape[1:3],
+            )
+            for i in chosen
+        ]
+    )
+
+
+@lru_cache(maxsize=32)
+def load_photo(name: str, grey: bool) -> np.ndarray:
+    """A bundled scikit-image photograph as float32 ``(H, W, 1|3)`` in [0, 1] (cached)."""
+    if name not in COLOUR_PHOTOS + GREY_PHOTOS:
+        raise unknown_name("built-in photograph", name, COLOUR_PHOTOS + GREY_PHOTOS)
+    array = np.asarray(getattr(skimage.data, name)())
+    array = array[..., None] if array.ndim == 2 else array
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    return np.ascontiguousarray(canonical_colours(array.astype(np.float32), grey))
+
+
+class NaturalCrops:
+    """Random square crops of bundled photographs; item ``i`` depends only on ``(seed, i)``.
+
+    A crop picks a photograph uniformly, a side uniformly in ``crop_range`` (capped by the
+    photograph's shorter side) and a position uniformly, then is resized to ``size``. Items are cut
+    on access; the photographs are decoded once per process.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        size: int,
+        seed: int,
+        grey: bool,
+        photos: Sequence[str],
+        crop_range: tuple[int, int],
+    ) -> None:
+        if n < 1:
+            raise InputError(f"builtin_natural needs n >= 1, got {n}")
+        lo, hi = crop_range
+        if not 1 <= lo <= hi:
+            raise InputError(
+                f"crop_range must be (low, high) with 1 <= low <= high, got {crop_range}"
+            )
+        for name in photos:
+            load_photo(name, grey)  # validates names (and warms the cache)
+        self.n, self.size, self.seed, self.grey = n, size, seed, grey
+        self.photos, self.crop_range = tuple(photos), (lo, hi)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grey else 3
+
+    def __len__(self) -> int:
+        return self.n
+
+    def crop_box(self, index: int) -> tuple[str, int, int, int]:
+        """``(photo, top, left, side)`` of item ``index``."""
+        rng = np.random.default_rng([self.seed, index])
+        name = self.photos[rng.integers(len(self.photos))]
+        h, w = load_photo(name, self.grey).shape[:2]
+        hi = min(self.crop_range[1], h, w)
+        lo = min(self.crop_range[0], hi)
+        side = int(rng.integers(lo, hi + 1))
+        top, left = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+        return name, top, left, side
+
+    def __getitem__(self, index: int) -> ImageSignal:
+        if not -self.n <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} crops")
+        index %= self.n
+        name, top, left, side = self.crop_box(index)
+        crop = load_photo(name, self.grey)[top : top + side, left : left + side]
+        return ImageSignal(
+            square_image(crop, self.size),
+            f"{name}[{top}:{top + side},{left}:{left + side}]",
+            (side, side),
+        )
+
+
+def builtin_natural(
+    n: int = 256,
+    size: int = 32,
+    seed: int = 0,
+    grey: bool = False,
+    photos: Sequence[str] | None = None,
+    crop_range: tuple[int, int] = (48, 192),
+) -> NaturalCrops:
+    """``n`` random crops of scikit-image's bundled photographs, ``size x size``.
+
+    Args:
+        n: number of crops.
+        size: output side length.
+        seed: crops are a pure function of ``(seed, index)`` (so ``n`` changes no crop).
+        grey: grey crops (drawn from the colour and the grey photographs, colour ones converted
+            to luminance) or RGB crops (drawn from the colour photographs only, so every crop has
+            real colour).
+        photos: override the photographs (names of ``skimage.data`` functions listed in
+            :data:`COLOUR_PHOTOS` and :data:`GREY_PHOTOS`).
+        crop_range: the range of crop sides in source pixels, before resizing to ``size``.
+    """
+    if photos is None:
+        photos = COLOUR_PHOTOS + GREY_PHOTOS if grey else COLOUR_PHOTOS
+    if not photos:
+        raise InputError("builtin_natural needs at least one photograph")
+    return NaturalCrops(n, size, seed, grey, photos, crop_range)

@@ -1,0 +1,73 @@
+"""The interface that both routes (meta-initialization and neural processes) satisfy.
+
+The CLI, the comparison experiments and the notebooks only ever talk to a :class:`Reconstructor`, so
+they never branch on the route.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from genfield.datasets.batch import Observations, SignalBatch
+from genfield.viz.forward_maps import ForwardMap
+
+
+@dataclass
+class Prediction:
+    """A predictive distribution at some queries: ``mean`` and ``variance`` are ``(S, M, c)``.
+
+    ``variance`` is ``None`` for methods that give no uncertainty (a deterministic fit). ``samples``
+    optionally holds the draws ``(K, S, M, c)`` the moments were computed from.
+    """
+
+    mean: torch.Tensor
+    variance: torch.Tensor | None = None
+    samples: torch.Tensor | None = None
+
+    @property
+    def std(self) -> torch.Tensor | None:
+        return None if self.variance is None else self.variance.clamp_min(0).sqrt()
+
+
+class Reconstructor(nn.Module, ABC):
+    """A method that learns from a collection and reconstructs new signals from their context.
+
+    Training is gradient-based for every route: :meth:`compute_gradients` fills ``.grad`` of
+    :meth:`parameters` from one meta-batch (a meta-gradient for meta-learners, the gradient of a
+    training loss for neural processes) and returns scalar metrics as tensors (no host sync). The
+    trainer owns the optimizer, so distributed training only has to all-reduce those gradients.
+    """
+
+    #: Whether the method's gradients need double backward through the field (MAML, iMAML, iBaML).
+    needs_double_backward: bool = False
+
+    @abstractmethod
+    def compute_gradients(self, batch: SignalBatch) -> dict[str, torch.Tensor]:
+        """Accumulate the training gradient of ``batch`` into ``.grad``; return detached metrics."""
+
+    @abstractmethod
+    def reconstruct(
+        self,
+        context: Observations,
+        context_map: ForwardMap,
+        queries: torch.Tensor,
+        query_map: ForwardMap,
+        *,
+        steps: int | None = None,
+        num_samples: int = 16,
+    ) -> Prediction:
+        """Reconstruct signals from their context and predict observations at ``queries``.
+
+        Args:
+            context: the observations ``(S, N, .)`` of each signal.
+            context_map: the forward map through which the context was observed.
+            queries: ``(S, M, q)`` what to predict, through ``query_map`` (e.g. every pixel with a
+                :class:`~genfield.viz.forward_maps.PointMap`, novel-view rays with a volume renderer).
+            steps: adaptation steps (meta-learners) or test-time optimisation steps (processes);
+                ``None`` means the method's configured default.
+            num_samples: Monte-Carlo samples for the predictive moments of stochastic methods.
+        """

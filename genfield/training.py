@@ -1,0 +1,204 @@
+"""The trainer shared by every method: Adam on a Reconstructor's parameters over meta-batches.
+
+Each step asks the method for its gradients (:meth:`Reconstructor.compute_gradients`), all-reduces
+them when running under ``torch.distributed``, clips them if asked, and takes an optimizer step. The
+batch of step ``k`` is a pure function of ``(seed, k)`` (:mod:`genfield.datasets.sampling`), and the
+checkpoint holds the optimizer and RNG state, so ``resume=True`` continues a run exactly.
+
+A non-finite loss stops training with a message naming the step and the last finite checkpoint,
+which is kept: checkpoints are written atomically and only after finite steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from genfield.checkpoint import load_checkpoint, save_checkpoint
+from genfield.datasets.batch import SignalBatch
+from genfield.datasets.sampling import StepBatches
+from genfield.interface import Reconstructor
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """How long and how to train (the ``train`` group of the Hydra config)."""
+
+    steps: int = 1000
+    lr: float = 1e-4
+    grad_clip: float | None = None
+    val_every: int = 100
+    checkpoint_every: int = 100
+    log_every: int = 10
+    progress: bool = True
+    tensorboard: bool = False
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    validation: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(batch: SignalBatch, rank: int, world: int) -> SignalBatch:
+    """This rank's contiguous share of a meta-batch (every rank gets the same number of signals)."""
+    if world == 1:
+        return batch
+    if batch.num_signals % world:
+        raise ValueError(
+            f"meta-batch of {batch.num_signals} signals does not split over {world} ranks"
+        )
+    per_rank = batch.num_signals // world
+    return batch.select(slice(rank * per_rank, (rank + 1) * per_rank))
+
+
+def all_reduce_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
+    """Average gradients over ranks (one flattened all-reduce, as DDP's buckets do)."""
+    if world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(parameters, grads):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def train(
+    method: Reconstructor,
+    batches: StepBatches,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    validate: Callable[[Reconstructor], dict[str, float]] | None = None,
+    run_config: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train ``method`` for ``config.steps`` steps on the meta-batches of ``batches``.
+
+    Args:
+        method: the reconstructor to train (meta-learner or neural process).
+        batches: the meta-batch of every step (:class:`~genfield.datasets.sampling.StepBatches`).
+        config: steps, learning rate, clipping, validation and checkpoint cadence.
+        out_dir: where ``checkpoints/last.safetensors``, ``metrics.csv`` and logs go.
+        resume: continue from ``out_dir/checkpoints/last.safetensors`` if it exists.
+        validate: called every ``val_every`` steps on rank 0; returns metrics to log.
+        run_config: the resolved config stored in checkpoints.
+        device: where to train (default: where the method's parameters are).
+    """
+    out_dir = Path(out_dir)
+    rank, world = _world()
+    checkpoint = out_dir / "checkpoints" / "last.safetensors"
+    parameters = [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    device = device or (parameters[0].device if parameters else torch.device("cpu"))
+    start = 0
+    if resume and checkpoint.is_file():
+        start = load_checkpoint(checkpoint, method, optimizer)["step"]
+    result = TrainResult(steps=start)
+    writer = _tensorboard(out_dir) if config.tensorboard and rank == 0 else None
+    began = time.perf_counter()
+    bar = tqdm(
+        range(start, config.steps),
+        initial=start,
+        total=config.steps,
+        desc="train",
+        unit="step",
+        disable=not config.progress or rank != 0,
+    )
+    for step in bar:
+        batch = shard(batches[step], rank, world).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        metrics = method.compute_gradients(batch)
+        all_reduce_gradients(parameters, world)
+        loss = metrics.get("loss")
+        if loss is not None and not torch.isfinite(loss).all():  # one host sync per step
+            last = f"{checkpoint} (step {result.steps})" if checkpoint.is_file() else "none"
+            raise TrainingDiverged(
+                f"non-finite loss at step {step}; last finite checkpoint: {last}"
+            )
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        optimizer.step()
+        result.steps = step + 1
+        if step % config.log_every == 0 or step + 1 == config.steps:
+            logged = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+            result.history.append(logged)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items() if k != "step"})
+            if writer is not None:
+                for key, value in logged.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+        if validate is not None and rank == 0 and (step + 1) % config.val_every == 0:
+            scores = {"step": step + 1, **validate(method)}
+            result.validation.append(scores)
+            if writer is not None:
+                for key, value in scores.items():
+                    writer.add_scalar(f"val/{key}", value, step + 1)
+        if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+            save_checkpoint(checkpoint, method, optimizer, step + 1, run_config)
+    result.seconds = time.perf_counter() - began
+    if rank == 0:
+        result.checkpoint = checkpoint if checkpoint.is_file() else None
+        _write_csv(out_dir / "metrics.csv", result.history)
+        if result.validation:
+            _write_csv(out_dir / "validation.csv", result.validation)
+    if writer is not None:
+        writer.close()
+    return result
+
+
+def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted({k for row in rows for k in row}, key=lambda k: (k != "step", k))
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(
+            {
+                k: (v if not isinstance(v, float) or math.isfinite(v) else "nan")
+                for k, v in row.items()
+            }
+            for row in rows
+        )
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - optional extra
+        return None
+    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
