@@ -122,6 +122,8 @@ def train(
     rank, world = _world()
     checkpoint = out_dir / "checkpoints" / "last.safetensors"
     parameters = [p for p in method.parameters() if p.requires_grad]
+    if not parameters:  # nothing is learned across signals (the random-init baseline)
+        return TrainResult(steps=0)
     optimizer = torch.optim.Adam(parameters, lr=config.lr)
     device = device or (parameters[0].device if parameters else torch.device("cpu"))
     start = 0
