@@ -1,0 +1,19 @@
+"""Neural processes: an encoder reads a signal's observations and conditions a shared field decoder.
+
+``build_process("cnp" | "np" | "anp" | "ponp", field, kind, **options)`` gives a
+:class:`~genfield.interface.Reconstructor`: train it with ``compute_gradients(batch)``, reconstruct new
+signals with ``reconstruct(context, context_map, queries, query_map)``. Parts:
+:mod:`~genfield.processes.tokenizers` (observations -> tokens), :mod:`~genfield.processes.encoders`
+(set, transformer, cross-attention, latent), :mod:`~genfield.processes.likelihoods` (scores in
+observation space, through the forward map) and :mod:`~genfield.processes.models`.
+"""
+
+from genfield.processes.models import (
+    MODELS,
+    PRESETS,
+    NeuralProcess,
+    ProcessConfig,
+    build_process,
+)
+
+__all__ = ["MODELS", "PRESETS", "NeuralProcess", "ProcessConfig", "build_process"]

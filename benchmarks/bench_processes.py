@@ -1,0 +1,110 @@
+"""Neural processes: time to reconstruct one signal, and peak training memory.
+
+* Reconstruction time of one image signal: one PONP forward pass, PONP with ``K`` test-time
+  optimisation steps, and ``K`` Adam steps on the same decoder from an initialisation (the cost of
+  meta-initialised adaptation with the same decoder size; ``genfield.fitting.fit_from_scratch``).
+* Peak training memory against the batch size and the number of context tokens: on CUDA
+  ``torch.cuda.max_memory_allocated``; on CPU the bytes of tensors saved for backward (autograd's
+  saved-tensor hooks), which is what a training step keeps alive.
+
+Run ``python -m benchmarks.bench_processes [--quick] [--device cuda]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks._machine import save_results
+from genfield.datasets.batch import Observations, SignalBatch
+from genfield.fields.coords import grid_coords
+from genfield.fields.field import Field, field_config
+from genfield.fitting import fit_from_scratch
+from genfield.processes import build_process
+from genfield.viz.forward_maps import PointMap
+
+
+def image_batch(n_signals: int, side: int, n_context: int, device: str) -> SignalBatch:
+    coords = grid_coords((side, side), device=device).expand(n_signals, -1, -1)
+    values = torch.rand(n_signals, side * side, 1, device=device)
+    ctx = Observations(coords[:, :n_context].contiguous(), values[:, :n_context].contiguous())
+    return SignalBatch("image", PointMap(), ctx, Observations(coords.contiguous(), values))
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    fn()  # warm-up
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def peak_training_memory(model, batch: SignalBatch, device: str) -> int:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        model.compute_gradients(batch)
+        return int(torch.cuda.max_memory_allocated())
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.compute_gradients(batch)
+    return saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = args.device
+    side, hidden, k = (16, 32, 10) if args.quick else (64, 128, 100)
+    fc = field_config("fourier", in_dim=2, head="grey", hidden=hidden, n_layers=3, fourier_features=64)
+    model = build_process("ponp", fc, "image", width=64 if args.quick else 128).to(device)
+    one = image_batch(1, side, side * side // 10, device)
+    queries = one.target.queries
+    results: dict = {"image_side": side, "decoder_hidden": hidden, "adaptation_steps": k}
+    repeats = 2 if args.quick else 5
+    results["ponp_forward_s"] = timed(
+        lambda: model.reconstruct(one.context, PointMap(), queries, PointMap(), num_samples=1),
+        repeats,
+        device,
+    )
+    results["ponp_tto_s"] = timed(
+        lambda: model.reconstruct(one.context, PointMap(), queries, PointMap(), steps=k, num_samples=1),
+        repeats,
+        device,
+    )
+    field = Field(fc).to(device)
+
+    def adapt() -> None:
+        params, _ = fit_from_scratch(field, one.context, PointMap(), steps=k, lr=1e-3)
+        with torch.no_grad():
+            PointMap()(field.bind(params), queries)
+
+    results["init_plus_k_steps_s"] = timed(adapt, repeats, device)
+    memory = []
+    sizes = (1, 4) if args.quick else (1, 4, 16, 64)
+    tokens = (25, 100) if args.quick else (100, 400, 1600)
+    for s in sizes:
+        for t in tokens:
+            batch = image_batch(s, side, min(t, side * side), device)
+            memory.append({"batch": s, "tokens": t, "bytes": peak_training_memory(model, batch, device)})
+    results["training_memory"] = memory
+    for key, value in results.items():
+        print(key, value)
+    save_results("bench_processes" + ("_quick" if args.quick else ""), results, device)
+
+
+if __name__ == "__main__":
+    main()

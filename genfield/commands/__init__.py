@@ -1,0 +1,1 @@
+"""Hydra applications of the CLI commands other than ``train`` (see :mod:`genfield.app`)."""

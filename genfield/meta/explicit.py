@@ -1,0 +1,157 @@
+"""Explicit estimators: MAML (backprop through K), first-order MAML and Reptile.
+
+All three learn an initialisation ``theta`` from which K inner steps on a signal's context loss
+``L_ctx`` give adapted parameters ``phi_K(theta)``; the outer loss is the target loss
+``L_tgt(phi_K)`` averaged over the signals of the meta-batch.
+
+* **MAML** (Finn et al. 2017): ``dL_tgt(phi_K(theta)) / dtheta`` by backpropagation through the K
+  steps (second order; memory grows linearly with K). With ``meta_sgd=True`` the inner learning rates
+  are per-parameter meta-parameters (Meta-SGD, Li et al. 2017) learned by the same gradient.
+* **FOMAML**: drop the second-order terms, ``dphi_K / dtheta ~ I``: the meta-gradient is
+  ``mean_s grad L_tgt(phi_K,s)``.
+* **Reptile** (Nichol et al. 2018; the Learned Initializations recipe of Tancik et al. 2021): the
+  meta-gradient is ``mean_s (theta - phi_K,s)``; a gradient step on it moves ``theta`` towards the
+  adapted parameters.
+
+Parameters that are not adapted (``adapt_keys``) receive the gradient of the outer loss: exact for
+MAML, at ``phi_K`` held fixed for FOMAML and Reptile.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genfield.datasets.batch import Observations, SignalBatch
+from genfield.errors import InputError
+from genfield.meta.inner import inner_loop
+from genfield.meta.learner import AdaptedState, MetaLearner, _module_key
+from genfield.meta.likelihood import mse
+from genfield.meta.tree import Tree, expand_signals, leaves
+from genfield.viz.forward_maps import ForwardMap
+
+
+class InitLearner(MetaLearner):
+    """A learner whose meta-parameters include an initialisation ``init/...`` of the adapted keys."""
+
+    def __init__(self, field, *, meta_sgd: bool = False, **options) -> None:
+        super().__init__(field, **options)
+        self.init = nn.ParameterDict(
+            {_module_key(k): nn.Parameter(v) for k, v in self._initial.items()}
+        )
+        self.meta_sgd = meta_sgd
+        self.inner_lrs = nn.ParameterDict(
+            {
+                _module_key(k): nn.Parameter(torch.full_like(v, self.inner_lr))
+                for k, v in self._initial.items()
+            }
+            if meta_sgd
+            else {}
+        )
+
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        return {
+            **self._group("init", self.init),
+            **self._group("inner_lr", self.inner_lrs),
+            **super().meta_parameters(),
+        }
+
+    def theta(self) -> Tree:
+        """The learned initialisation ``{field name: tensor}``."""
+        return {k.replace("__", "."): p for k, p in self.init.items()}
+
+    def _rates(self) -> float | Tree:
+        if not self.meta_sgd:
+            return self.inner_lr
+        return {k.replace("__", "."): p for k, p in self.inner_lrs.items()}
+
+    def context_objective(self, context: Observations, forward_map: ForwardMap):
+        """The inner objective: the sum over signals of each signal's context loss."""
+        return lambda params: self.inner_loss(params, context, forward_map).sum()
+
+    def inner_loss(self, params: Tree, obs: Observations, forward_map: ForwardMap) -> torch.Tensor:
+        """Per-signal inner objective ``(S,)`` (context MSE; iMAML adds its proximal term)."""
+        return mse(self.observe(params, obs.queries, forward_map), obs.values)
+
+    def _adapted(
+        self, context: Observations, forward_map: ForwardMap, steps: int, create_graph: bool
+    ) -> Tree:
+        theta = self.theta()
+        if not create_graph:
+            theta = {k: v.detach() for k, v in theta.items()}
+        init = expand_signals(theta, context.num_signals)
+        objective = self.context_objective(context, forward_map)
+        return inner_loop(
+            objective, init, steps, self._rates(), self.inner_optimizer, create_graph=create_graph
+        )
+
+    def adapt(
+        self, context: Observations, forward_map: ForwardMap, steps: int | None = None
+    ) -> AdaptedState:
+        steps = self.inner_steps if steps is None else steps
+        return AdaptedState(self._adapted(context, forward_map, steps, create_graph=False))
+
+    def outer_loss(self, batch: SignalBatch) -> torch.Tensor:
+        phi = self._adapted(
+            batch.context, batch.forward_map, self.inner_steps, torch.is_grad_enabled()
+        )
+        return mse(self.observe(phi, batch.target.queries, batch.forward_map), batch.target.values).mean()
+
+
+class MAML(InitLearner):
+    """MAML (``first_order=False``) and FOMAML (``first_order=True``); see the module docstring."""
+
+    def __init__(self, field, *, first_order: bool = False, **options) -> None:
+        self.first_order = first_order
+        self.name = "fomaml" if first_order else "maml"
+        self.needs_double_backward = not first_order
+        if first_order and options.get("meta_sgd"):
+            raise InputError("meta_sgd=True needs the second-order 'maml' estimator")
+        super().__init__(field, **options)
+
+    def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
+        named = self.meta_parameters()
+        with torch.enable_grad():
+            phi = self._adapted(
+                batch.context, batch.forward_map, self.inner_steps, not self.first_order
+            )
+            if self.first_order:
+                phi = leaves(phi)
+            pred = self.observe(phi, batch.target.queries, batch.forward_map)
+            outer = mse(pred, batch.target.values).mean()
+            wrt = list(phi.values()) + list(named.values()) if self.first_order else list(named.values())
+            grads = torch.autograd.grad(outer, wrt, allow_unused=True, materialize_grads=True)
+        if self.first_order:
+            by_phi = dict(zip(phi, grads[: len(phi)]))
+            grads = dict(zip(named, grads[len(phi) :]))
+            grads.update({f"init/{k}": g.sum(0) for k, g in by_phi.items()})
+        else:
+            grads = dict(zip(named, grads))
+        return grads, {"loss": outer.detach()}
+
+
+class Reptile(InitLearner):
+    """Reptile: meta-gradient ``mean_s (theta - phi_K,s)``; see the module docstring."""
+
+    name = "reptile"
+
+    def __init__(self, field, **options) -> None:
+        if options.get("meta_sgd"):
+            raise InputError("meta_sgd=True needs the second-order 'maml' estimator")
+        super().__init__(field, **options)
+
+    def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
+        named = self.meta_parameters()
+        phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, False)
+        theta = self.theta()
+        grads = {f"init/{k}": (theta[k].detach() - v).mean(0) for k, v in phi.items()}
+        shared = {k: p for k, p in named.items() if k.startswith("shared/")}
+        with torch.set_grad_enabled(bool(shared)):
+            pred = self.observe(phi, batch.target.queries, batch.forward_map)
+            outer = mse(pred, batch.target.values).mean()
+        if shared:
+            direct = torch.autograd.grad(
+                outer, list(shared.values()), allow_unused=True, materialize_grads=True
+            )
+            grads.update(zip(shared, direct))
+        return grads, {"loss": outer.detach()}

@@ -1,0 +1,350 @@
+r"""iBaML: Bayesian meta-learning with generalized implicit gradients (Zhang et al., AAAI 2023).
+
+Model. Meta-parameters ``theta = (m, l)``: a prior ``p(phi) = N(m, diag e^l)`` over the adapted field
+weights (plus, optionally, shared weights ``w`` and the log noise ``log sigma``). Each signal gets a
+Gaussian posterior ``q(phi) = N(mu, diag e^rho)``, ``v = (mu, rho)``, initialised at the prior.
+
+Inner problem (per signal, K steps of SGD/Adam on ``v``; Monte-Carlo noise ``eps_1..eps_M`` drawn
+once per meta-step and held fixed, so ``F`` is one deterministic function — common random numbers):
+
+    F(v, theta) = 1/M sum_j NLL_ctx(mu + e^{rho/2} eps_j) + KL(q_v || p_theta)
+
+with ``NLL`` the Gaussian negative log-likelihood summed over observations
+(:mod:`genfield.meta.likelihood`) and the KL in closed form (:mod:`genfield.meta.bayes`).
+
+Outer objective (per target observation, averaged over signals):
+
+    L(v) = 1/M sum_j NLL_tgt(mu + e^{rho/2} eps_j)
+
+Meta-gradient. At ``v* = argmin F``, ``grad_v F(v*(theta), theta) = 0``. Differentiating in theta:
+``A dv*/dtheta + B = 0`` with ``A = d^2F/dv^2`` and ``B = d^2F/dv dtheta``, so
+
+    dL/dtheta = dL/dtheta|_direct - B^T x,    A x = grad_v L(v*).
+
+``A = H_nll + diag(KL curvature)``: ``H_nll`` is the Hessian of the Monte-Carlo expected NLL in
+``v`` (blocks mu-mu, mu-rho, rho-rho, including the first-order term that ``e^{rho/2}`` brings),
+applied by double backward with the noise held fixed; the KL adds ``e^{-l}`` on the mu block and
+``1/2 e^{rho-l}`` on the rho block. ``x`` comes from one CG solve per signal. (``curvature="gauss_newton"``
+replaces ``H_nll`` by the positive semi-definite Gauss-Newton matrix of the reparameterised
+predictions, ``J_v^T J_v / (M sigma^2)``, so that ``A`` is positive definite and CG converges even
+where the exact Hessian of a non-convex field is indefinite; an approximation, opt-in.)
+The NLL does not depend on ``(m, l)``, so ``B`` for the prior comes from the KL alone and is diagonal:
+
+    dL/dm = sum_s e^{-l} x_mu,s
+    dL/dl = sum_s [ (mu_s - m) e^{-l} x_mu,s + 1/2 e^{rho_s - l} x_rho,s ]
+
+(the outer loss has no direct dependence on ``(m, l)``). For shared weights and a learned noise the
+cross term comes from the NLL: ``dL/dw = dL/dw|_direct - (d^2 NLL_ctx / dw dv) x`` by one more
+double-backward product. Nothing is backpropagated through the inner trajectory: memory does not
+grow with K.
+
+Prediction. The posterior predictive of a query through any forward map, from ``num_samples`` draws
+``phi_j ~ q``: mean ``1/J sum_j y(phi_j)``, variance ``Var_j y(phi_j)`` plus ``sigma^2`` when
+``predictive_noise`` (the noise of a new observation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from genfield.datasets.batch import Observations, SignalBatch
+from genfield.errors import InputError, unknown_name
+from genfield.interface import Prediction
+from genfield.meta.bayes import (
+    kl_cross_transpose,
+    kl_curvature,
+    kl_diag_gaussians,
+    reparameterise,
+)
+from genfield.meta.cg import CURVATURES, conjugate_gradient, gauss_newton_hvp
+from genfield.meta.inner import inner_loop
+from genfield.meta.learner import AdaptedState, MetaLearner, _module_key
+from genfield.meta.likelihood import gaussian_nll
+from genfield.meta.tree import Tree, expand_signals, leaves
+from genfield.viz.forward_maps import ForwardMap
+
+
+def _split(v: Tree) -> tuple[Tree, Tree]:
+    mu = {k[3:]: t for k, t in v.items() if k.startswith("mu/")}
+    rho = {k[4:]: t for k, t in v.items() if k.startswith("rho/")}
+    return mu, rho
+
+
+def _join(mu: Tree, rho: Tree) -> Tree:
+    return {**{f"mu/{k}": t for k, t in mu.items()}, **{f"rho/{k}": t for k, t in rho.items()}}
+
+
+class IBaML(MetaLearner):
+    """iBaML; see the module docstring for the model and the meta-gradient.
+
+    Options beyond :class:`MetaLearner`'s: ``prior_std`` (initial prior standard deviation),
+    ``inner_lr_logvar`` (inner learning rate of ``rho``; defaults to ``inner_lr``), ``mc_samples``,
+    ``obs_noise`` (sigma), ``learn_obs_noise``, ``cg_iterations``, ``cg_damping``, ``cg_tol``,
+    ``curvature`` (``hessian`` or ``gauss_newton``), ``noise_seed`` (draw the Monte-Carlo noise
+    from this seed at every meta-step: common random
+    numbers across calls, for tests), ``predictive_noise`` (add sigma^2 to predictive variances).
+    """
+
+    name = "ibaml"
+    needs_double_backward = True
+
+    def __init__(
+        self,
+        field,
+        *,
+        prior_std: float = 0.01,
+        inner_lr_logvar: float | None = None,
+        mc_samples: int = 2,
+        obs_noise: float = 0.1,
+        learn_obs_noise: bool = False,
+        cg_iterations: int = 20,
+        cg_damping: float = 0.0,
+        cg_tol: float = 0.1,
+        noise_seed: int | None = None,
+        predictive_noise: bool = True,
+        inner_optimizer: str = "adam",
+        inner_lr: float = 1e-2,
+        curvature: str = "hessian",
+        **options,
+    ) -> None:
+        if options.pop("meta_sgd", False):
+            raise InputError("meta_sgd=True needs the second-order 'maml' estimator")
+        if prior_std <= 0 or obs_noise <= 0 or mc_samples < 1 or cg_iterations < 1:
+            raise InputError(
+                f"prior_std={prior_std} obs_noise={obs_noise} mc_samples={mc_samples} "
+                f"cg_iterations={cg_iterations}: need positive values"
+            )
+        if curvature not in CURVATURES:
+            raise unknown_name("curvature", curvature, CURVATURES)
+        self.curvature = curvature
+        super().__init__(field, inner_optimizer=inner_optimizer, inner_lr=inner_lr, **options)
+        self.prior_mean = nn.ParameterDict(
+            {_module_key(k): nn.Parameter(v) for k, v in self._initial.items()}
+        )
+        self.prior_logvar = nn.ParameterDict(
+            {
+                _module_key(k): nn.Parameter(torch.full_like(v, 2 * math.log(prior_std)))
+                for k, v in self._initial.items()
+            }
+        )
+        log_sigma = torch.tensor(math.log(obs_noise))
+        if learn_obs_noise:
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+        self.learn_obs_noise = learn_obs_noise
+        self.inner_lr_logvar = self.inner_lr if inner_lr_logvar is None else inner_lr_logvar
+        self.mc_samples, self.noise_seed, self.predictive_noise = mc_samples, noise_seed, predictive_noise
+        self.cg_iterations, self.cg_damping, self.cg_tol = cg_iterations, cg_damping, cg_tol
+
+    # -- parameters -----------------------------------------------------------------------------
+    def meta_parameters(self) -> dict[str, nn.Parameter]:
+        named = {
+            **self._group("prior_mean", self.prior_mean),
+            **self._group("prior_logvar", self.prior_logvar),
+            **super().meta_parameters(),
+        }
+        if self.learn_obs_noise:
+            named["log_sigma"] = self.log_sigma
+        return named
+
+    def prior(self) -> tuple[Tree, Tree]:
+        """The prior mean and log-variance ``({name: m}, {name: l})``."""
+        unkey = lambda store: {k.replace("__", "."): p for k, p in store.items()}  # noqa: E731
+        return unkey(self.prior_mean), unkey(self.prior_logvar)
+
+    @property
+    def obs_noise(self) -> torch.Tensor:
+        return self.log_sigma.exp()
+
+    def draw_noise(self, num_signals: int, num_samples: int | None = None) -> Tree:
+        """Standard normal noise ``{name: (M, S, ...)}`` for the reparameterisation."""
+        m, _ = self.prior()
+        num_samples = self.mc_samples if num_samples is None else num_samples
+        generator = None
+        if self.noise_seed is not None:
+            device = next(iter(m.values())).device
+            generator = torch.Generator(device).manual_seed(self.noise_seed)
+        return {
+            k: torch.randn(
+                (num_samples, num_signals, *p.shape), generator=generator, dtype=p.dtype,
+                device=p.device,
+            )
+            for k, p in m.items()
+        }
+
+    # -- objectives -----------------------------------------------------------------------------
+    def sample_observations(
+        self, v: Tree, noise: Tree, queries: torch.Tensor, forward_map: ForwardMap
+    ) -> torch.Tensor:
+        """Observations ``(M, S, N, c)`` of the ``M`` reparameterised draws of every signal."""
+        mu, rho = _split(v)
+        draws = len(next(iter(noise.values())))
+        phi = {
+            k: rearrange(reparameterise(mu[k], rho[k], noise[k]), "m s ... -> (m s) ...")
+            for k in mu
+        }
+        queries = repeat(queries, "s ... -> (m s) ...", m=draws)
+        return rearrange(self.observe(phi, queries, forward_map), "(m s) ... -> m s ...", m=draws)
+
+    def expected_nll(
+        self, v: Tree, noise: Tree, obs: Observations, forward_map: ForwardMap
+    ) -> torch.Tensor:
+        """Monte-Carlo ``E_q[NLL]`` of each signal's observations, summed over them: ``(S,)``."""
+        pred = self.sample_observations(v, noise, obs.queries, forward_map)
+        return gaussian_nll(pred, obs.values, self.log_sigma).mean(0)
+
+    def kl(self, v: Tree, detach_prior: bool = False) -> torch.Tensor:
+        """``KL(q_v || p_theta)`` of each signal: ``(S,)``."""
+        mu, rho = _split(v)
+        m, l = self.prior()
+        if detach_prior:  # the first-order inner loop must not keep graphs into the prior
+            m, l = ({k: t.detach() for k, t in d.items()} for d in (m, l))
+        return sum(kl_diag_gaussians(mu[k], rho[k], m[k], l[k]).flatten(1).sum(1) for k in mu)
+
+    def free_energy(
+        self,
+        v: Tree,
+        noise: Tree,
+        context: Observations,
+        forward_map: ForwardMap,
+        detach_prior: bool = False,
+    ) -> torch.Tensor:
+        """The inner objective ``F(v, theta)`` of each signal: ``(S,)``."""
+        return self.expected_nll(v, noise, context, forward_map) + self.kl(v, detach_prior)
+
+    def target_loss(self, v: Tree, noise: Tree, target: Observations, forward_map) -> torch.Tensor:
+        """The outer objective ``L(v)``: expected NLL per target value, mean over signals."""
+        per_value = target.values.shape[1] * target.values.shape[2]
+        return self.expected_nll(v, noise, target, forward_map).mean() / per_value
+
+    # -- inner loop -----------------------------------------------------------------------------
+    def adapt_posterior(
+        self,
+        context: Observations,
+        forward_map: ForwardMap,
+        noise: Tree,
+        steps: int,
+        init: Tree | None = None,
+        create_graph: bool = False,
+    ) -> Tree:
+        """``v_K``: K inner steps on ``F`` from the prior (or from ``init``), noise fixed.
+
+        ``create_graph=True`` keeps the trajectory differentiable in the prior: the *explicit*
+        (backprop-through-K) Bayesian meta-gradient, for comparison with the implicit one.
+        """
+        if init is None:
+            m, l = self.prior()
+            if not create_graph:
+                m, l = ({k: t.detach() for k, t in d.items()} for d in (m, l))
+            S = context.num_signals
+            init = _join(expand_signals(m, S), expand_signals(l, S))
+        rates = {k: self.inner_lr if k.startswith("mu/") else self.inner_lr_logvar for k in init}
+        return inner_loop(
+            lambda v: self.free_energy(v, noise, context, forward_map, not create_graph).sum(),
+            init, steps, rates, self.inner_optimizer, create_graph=create_graph,
+        )
+
+    def adapt(
+        self, context: Observations, forward_map: ForwardMap, steps: int | None = None
+    ) -> AdaptedState:
+        steps = self.inner_steps if steps is None else steps
+        noise = self.draw_noise(context.num_signals)
+        mu, rho = _split(self.adapt_posterior(context, forward_map, noise, steps))
+        return AdaptedState(mu, rho)
+
+    # -- meta-gradient --------------------------------------------------------------------------
+    def implicit_gradient(
+        self, v: Tree, noise: Tree, batch: SignalBatch
+    ) -> tuple[Tree, dict[str, torch.Tensor]]:
+        """The meta-gradient at a (near-)stationary ``v`` of ``F``; see the module docstring."""
+        v = leaves(v)
+        named = self.meta_parameters()
+        extra = {k: p for k, p in named.items() if k.startswith("shared/") or k == "log_sigma"}
+        with torch.enable_grad():
+            pred_ctx = self.sample_observations(v, noise, batch.context.queries, batch.forward_map)
+            nll_ctx = gaussian_nll(pred_ctx, batch.context.values, self.log_sigma).mean(0).sum()
+            grad_nll = torch.autograd.grad(nll_ctx, list(v.values()), create_graph=True)
+            outer = self.target_loss(v, noise, batch.target, batch.forward_map)
+            b = torch.autograd.grad(
+                outer, [*v.values(), *extra.values()], allow_unused=True, materialize_grads=True
+            )
+        b_v = dict(zip(v, b[: len(v)]))
+        mu, rho = _split(v)
+        m, l = self.prior()
+        m = {k: t.detach() for k, t in m.items()}
+        l = {k: t.detach() for k, t in l.items()}
+        curvature = {}
+        for k in mu:
+            curvature[f"mu/{k}"], curvature[f"rho/{k}"] = kl_curvature(rho[k].detach(), l[k])
+
+        if self.curvature == "gauss_newton":  # NLL = 1/M sum_j ||y - f_j||^2 / (2 sigma^2) + c
+            weight = torch.exp(-2 * self.log_sigma.detach()) / len(pred_ctx)
+            ggn = gauss_newton_hvp(pred_ctx, v, weight)
+
+        def hvp(p: Tree) -> Tree:
+            if self.curvature == "gauss_newton":
+                hv = list(ggn(p).values())
+            else:
+                hv = torch.autograd.grad(
+                    grad_nll, list(v.values()), [p[k] for k in v], retain_graph=True
+                )
+            return {k: h + curvature[k] * p[k] for k, h in zip(v, hv)}
+
+        solve = conjugate_gradient(hvp, b_v, self.cg_iterations, self.cg_damping, self.cg_tol)
+        x_mu, x_rho = _split(solve.x)
+        grads = {}
+        for k in mu:
+            cross_m, cross_l = kl_cross_transpose(
+                x_mu[k], x_rho[k], mu[k].detach(), rho[k].detach(), m[k], l[k]
+            )
+            grads[f"prior_mean/{k}"] = -cross_m.sum(0)
+            grads[f"prior_logvar/{k}"] = -cross_l.sum(0)
+        if extra:
+            cross = torch.autograd.grad(
+                grad_nll, list(extra.values()), [solve.x[k] for k in v],
+                allow_unused=True, materialize_grads=True,
+            )
+            grads.update({k: d - c for k, d, c in zip(extra, b[len(v) :], cross)})
+        metrics = {
+            "loss": outer.detach(),
+            "cg_residual": solve.relative_residual.max().detach(),
+            "obs_noise": self.obs_noise.detach(),
+            "ok": solve.converged,
+        }
+        return grads, metrics
+
+    def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
+        noise = self.draw_noise(batch.num_signals)
+        v = self.adapt_posterior(batch.context, batch.forward_map, noise, self.inner_steps)
+        return self.implicit_gradient(v, noise, batch)
+
+    def outer_loss(self, batch: SignalBatch) -> torch.Tensor:
+        noise = self.draw_noise(batch.num_signals)
+        v = self.adapt_posterior(batch.context, batch.forward_map, noise, self.inner_steps)
+        with torch.no_grad():
+            return self.target_loss(v, noise, batch.target, batch.forward_map)
+
+    # -- prediction -----------------------------------------------------------------------------
+    def predict(
+        self, state: AdaptedState, queries: torch.Tensor, query_map: ForwardMap, num_samples: int
+    ) -> Prediction:
+        """Posterior predictive mean and variance from ``num_samples`` draws of ``q``."""
+        if state.logvar is None:
+            raise InputError("iBaML prediction needs an adapted state with posterior log-variances")
+        with torch.no_grad():
+            noise = {
+                k: torch.randn(num_samples, *t.shape, dtype=t.dtype, device=t.device)
+                for k, t in state.params.items()
+            }
+            draws = self.sample_observations(
+                _join(state.params, state.logvar), noise, queries, query_map
+            )
+            variance = draws.var(0, unbiased=False)
+            if self.predictive_noise:
+                variance = variance + self.obs_noise.square()
+            return Prediction(draws.mean(0), variance, draws)

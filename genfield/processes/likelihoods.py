@@ -1,0 +1,70 @@
+"""Likelihoods in observation space: the decoded field goes through the forward map, then is scored.
+
+The decoder field predicts, at every point, the signal's channels and (Gaussian case) a scale field
+``sigma(x) >= 0``. Both go through the *same* forward map as the signal, so the likelihood lives where
+the measurements live (the PONP idea, Gu et al. 2023):
+
+* point maps (pixels, 3-D points): ``y_n ~ N(mu(x_n), (s0 + sigma(x_n))^2)``;
+* CT (a linear, positive map ``P``): ``y ~ N(P mu, (s0 + P sigma)^2)``. Pushing the std (not the
+  variance) through ``P`` treats the field's errors along a ray as fully correlated: the std of a
+  sum of perfectly correlated terms is the sum of their stds, an upper bound for any correlation,
+  and it keeps the observation scale in the units of the projection;
+* volume rendering: the std is composited like a colour, ``s0 + sum_i w_i sigma_i``, with the same
+  weights ``w_i = T_i alpha_i`` as the colour and no background term (the background is known).
+  The renderer's ``render`` is run once; the field's scale channels evaluated in its (last, graded)
+  pass are kept aside and composited with the returned weights, so colour and scale use identical
+  samples (stratified jitter and hierarchical samples included).
+
+``s0`` (``min_std``) is a floor in observation space that keeps the likelihood finite where a ray
+sees little of the field. Occupancy uses a Bernoulli likelihood on the logit instead (no scale).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+FieldFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def observe(
+    forward_map, field_fn: FieldFn, queries: torch.Tensor, n_obs: int, gaussian: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Observations of a decoded field: ``(mean, std)``, each ``(..., N, n_obs)``.
+
+    ``std`` is ``None`` for a non-Gaussian likelihood.
+
+    ``field_fn`` returns, per point, the signal channels then (Gaussian) ``n_obs`` scale channels.
+    For the volume renderer the signal channels are ``(density, colour...)``.
+    """
+    if not gaussian:
+        return forward_map(field_fn, queries), None
+    if getattr(forward_map, "name", "") != "volume":
+        out = forward_map(field_fn, queries)
+        return out[..., :n_obs], out[..., n_obs:]
+
+    kept: list[torch.Tensor] = []
+
+    def colour_fn(points: torch.Tensor) -> torch.Tensor:
+        out = field_fn(points)
+        kept.append(out[..., -n_obs:])
+        return out[..., :-n_obs]
+
+    rendered = forward_map.render(colour_fn, queries)
+    scale = rearrange(kept[-1], "... (n k) c -> ... n k c", n=queries.shape[-2])
+    return rendered["rgb"], (rendered["weights"][..., None] * scale).sum(dim=-2)
+
+
+def gaussian_log_prob(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log N(y | mean, std^2)`` summed over channels: ``(..., N, c) -> (..., N)``."""
+    z = (y - mean) / std
+    return (-0.5 * z.square() - std.log() - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+
+
+def bernoulli_log_prob(logit: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log Bernoulli(y | sigmoid(logit))`` summed over channels (``y`` may be soft, in [0, 1])."""
+    return -F.binary_cross_entropy_with_logits(logit, y.expand_as(logit), reduction="none").sum(-1)

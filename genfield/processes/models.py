@@ -1,0 +1,477 @@
+"""Neural processes over neural fields: CNP, latent NP, attentive NP and PONP, one class.
+
+Every model here reads a signal's context in one forward pass and conditions a *shared* field decoder
+(a :class:`~genfield.fields.field.Field`), then scores the decoded field through the forward map of
+the data (:mod:`genfield.processes.likelihoods`). The four named models are presets of
+:class:`ProcessConfig` (the Neural-Process-Family's view: encoders, attenders and likelihoods are
+parts, models are combinations):
+
+========  ===========  =============  =========  ======  =============================
+model     encoder      deterministic  attention  latent  conditioning of the decoder
+========  ===========  =============  =========  ======  =============================
+cnp       set (mean)   r              no         no      shift/FiLM from r
+np        set (mean)   no             no         z       shift/FiLM from z
+anp       transformer  r(x) by attn   yes        z       per-point shift/FiLM from [r(x), z]
+ponp      transformer  r              no         z       shift/FiLM from [r, z], or weight tokens
+========  ===========  =============  =========  ======  =============================
+
+Conditioning (``conditioning``): ``"shift"`` adds ``beta_l`` to every hidden pre-activation of the
+decoder, ``"film"`` applies ``(1 + gamma_l) z_l + beta_l`` (the PONP code's options); the modulations are
+a linear map of the representation. ``"weights"`` is TransINR's: learned weight tokens go through
+the transformer with the data tokens; each output token ``t_o`` rescales row ``o`` of a base weight
+matrix of the decoder, ``W_s[o] = ||W[o]|| normalize(W[o] * head(t_o))``, per signal.
+
+Training objectives (``compute_gradients``), with ``N`` target observations, per observation:
+
+* deterministic (CNP, or any model with ``latent_dim = 0``): ``-1/N log p(y_T | C)``;
+* ``objective="elbo"``: ``-1/N (E_{q(z|C,T)} log p(y_T | z, C) - KL(q(z|C,T) || q(z|C)))`` with
+  ``train_samples`` reparameterised draws (Garnelo et al. 2018b; Le et al. 2018);
+* ``objective="ml"``: importance-sampled marginal likelihood
+  ``-1/N log 1/K sum_k p(y_T | z_k, C) q(z_k|C) / q(z_k|C,T)``, ``z_k ~ q(z|C,T)``
+  (``proposal="posterior"``), or NPML's ``z_k ~ q(z|C)`` with unit weights (``proposal="prior"``).
+
+Prediction (``reconstruct``): ``K = num_samples`` draws of ``z ~ q(z|C)``; the predictive mean is the
+mean of the per-draw observation means and the variance is the law of total variance,
+``Var_k[mu_k] + E_k[sigma_k^2]`` (Bernoulli: ``p(1 - p)`` of the mean probability). Optional test-time
+optimisation (``tto_steps``, or ``steps=`` at call time) then refines, for each draw, the latent code
+(``tto_params="latent"``) or a per-signal copy of the decoder (``"decoder"``) by Adam on the negative
+log-likelihood of the context measurements only.
+
+Bad input: an empty context or a batch of another kind raise :class:`~genfield.errors.InputError`;
+queries of a point map outside ``[-1, 1]^d`` too. A context with more tokens than ``max_tokens`` is
+subsampled to ``max_tokens`` evenly spaced tokens with a warning (deterministic). Non-finite losses
+are returned as they are in the metrics: the trainer stops on them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+from torch.distributions import Independent, kl_divergence
+
+from genfield.datasets.batch import Observations, SignalBatch
+from genfield.errors import InputError, unknown_name
+from genfield.fields.field import Field, FieldConfig, Params
+from genfield.fields.heads import apply_head, head_channels
+from genfield.interface import Prediction, Reconstructor
+from genfield.processes.encoders import (
+    MLP,
+    CrossAttention,
+    LatentEncoder,
+    SetEncoder,
+    TokenTransformer,
+)
+from genfield.processes.likelihoods import bernoulli_log_prob, gaussian_log_prob, observe
+from genfield.processes.tokenizers import DEFAULT_TOKENIZER, build_tokenizer, select_tokens
+from genfield.viz.forward_maps import ForwardMap
+
+MODELS = ("cnp", "np", "anp", "ponp")
+KINDS = ("image", "ct", "shape", "views")
+
+
+@dataclass
+class ProcessConfig:
+    """Everything that defines a neural process besides its decoder field."""
+
+    model: str = "cnp"
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    encoder: str = "set"  # "set" | "transformer"
+    deterministic: bool = True
+    attention: bool = False
+    latent_dim: int = 0
+    objective: str = "elbo"  # "elbo" | "ml"
+    proposal: str = "posterior"  # for "ml": "posterior" (importance) | "prior" (NPML)
+    train_samples: int = 4
+    conditioning: str = "shift"  # "shift" | "film" | "weights"
+    weight_layers: tuple[int, ...] = (-1,)
+    tokenizer: str | None = None  # None: by kind
+    tokenizer_options: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int = 2048
+    min_std: float = 0.01
+    likelihood: str = "auto"  # "auto" | "gaussian" | "bernoulli"
+    tto_steps: int = 0
+    tto_lr: float = 1e-2
+    tto_params: str = "latent"  # "latent" | "decoder"
+    query_chunk: int = 8192
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cnp": {"encoder": "set", "deterministic": True, "attention": False, "latent_dim": 0},
+    "np": {"encoder": "set", "deterministic": False, "attention": False, "latent_dim": 64},
+    "anp": {"encoder": "transformer", "deterministic": True, "attention": True, "latent_dim": 64},
+    "ponp": {"encoder": "transformer", "deterministic": True, "attention": False, "latent_dim": 64},
+}
+
+
+@dataclass
+class Conditioning:
+    """One draw of everything the decoder is conditioned on, for ``B = K * S`` signal draws."""
+
+    params: Params  # decoder parameters; entries with a leading B are per draw
+    code: torch.Tensor | None = None  # (B, d_code) global representation [r, z]
+    tokens: torch.Tensor | None = None  # (B, T, width) encoded context, for cross-attention
+
+
+class NeuralProcess(Reconstructor):
+    """A neural process whose decoder is a neural field observed through a forward map."""
+
+    def __init__(self, field_config: FieldConfig, kind: str, config: ProcessConfig) -> None:
+        super().__init__()
+        self._validate(field_config, kind, config)
+        self.kind, self.config, self.field_config = kind, config, field_config
+        head = field_config.head
+        self.signal_channels = head_channels(head, field_config.out_dim)
+        self.obs_channels = 3 if head == "radiance" else self.signal_channels
+        likelihood = config.likelihood
+        if likelihood == "auto":
+            likelihood = "bernoulli" if head == "occupancy" else "gaussian"
+        self.gaussian = likelihood == "gaussian"
+        n_out = self.signal_channels + (self.obs_channels if self.gaussian else 0)
+        modulation = config.conditioning if config.conditioning in ("shift", "film") else "none"
+        self.decoder = Field(
+            replace(field_config, head="identity", out_dim=n_out, modulation=modulation, latent_dim=0)
+        )
+        self.decoder_module = self.decoder.module  # registered: its parameters are trained
+
+        width = config.width
+        tokenizer = config.tokenizer or DEFAULT_TOKENIZER[kind]
+        self.tokenizer = build_tokenizer(
+            tokenizer, field_config.in_dim, self.obs_channels, **config.tokenizer_options
+        )
+        f = self.tokenizer.feature_dim
+        if config.encoder == "set":
+            self.encoder = SetEncoder(f, width, depth=config.depth + 1)
+        else:
+            self.encoder = TokenTransformer(f, width, depth=config.depth, heads=config.heads)
+        self.latent = LatentEncoder(width, config.latent_dim) if config.latent_dim else None
+        self.cross = CrossAttention(field_config.in_dim, width, config.heads) if config.attention else None
+
+        code_dim = (width if config.deterministic and not config.attention else 0) + config.latent_dim
+        point_dim = width if config.attention else 0
+        self.code_dim = code_dim
+        if modulation != "none":
+            n_layers, m = self.decoder.modulation_shape
+            self.to_modulation = nn.Linear(code_dim + point_dim, n_layers * m)
+            nn.init.zeros_(self.to_modulation.weight)  # start at the base field
+            nn.init.zeros_(self.to_modulation.bias)
+        if config.conditioning == "weights":
+            self._init_weight_tokens()
+
+    # -- construction -------------------------------------------------------------------------
+    @staticmethod
+    def _validate(field_config: FieldConfig, kind: str, config: ProcessConfig) -> None:
+        if kind not in KINDS:
+            raise unknown_name("batch kind", kind, KINDS)
+        checks = {
+            "encoder": (config.encoder, ("set", "transformer")),
+            "objective": (config.objective, ("elbo", "ml")),
+            "proposal": (config.proposal, ("posterior", "prior")),
+            "conditioning": (config.conditioning, ("shift", "film", "weights")),
+            "likelihood": (config.likelihood, ("auto", "gaussian", "bernoulli")),
+            "tto_params": (config.tto_params, ("latent", "decoder")),
+        }
+        for key, (value, valid) in checks.items():
+            if value not in valid:
+                raise unknown_name(f"process {key}", value, valid)
+        if config.conditioning == "weights" and (config.encoder != "transformer" or config.latent_dim):
+            raise InputError("process conditioning 'weights' needs encoder 'transformer' and latent_dim 0")
+        if config.attention and config.conditioning == "weights":
+            raise InputError("process attention needs conditioning 'shift' or 'film'")
+        if not (config.deterministic or config.latent_dim or config.attention):
+            raise InputError("process needs a deterministic path, a latent path or attention")
+        if config.max_tokens < 1 or config.train_samples < 1:
+            raise InputError("process max_tokens and train_samples must be >= 1")
+
+    def _init_weight_tokens(self) -> None:
+        layers = self.decoder_module.network.hidden_layers
+        chosen = sorted({i % len(layers) for i in self.config.weight_layers})
+        self.weight_names = [f"network.hidden_layers.{i}.weight" for i in chosen]
+        rows = [layers[i].weight.shape[0] for i in chosen]
+        self.weight_rows = rows
+        self.weight_tokens = nn.Parameter(torch.randn(sum(rows), self.config.width) * 0.02)
+        self.weight_heads = nn.ModuleList(
+            MLP(self.config.width, self.config.width, layers[i].weight.shape[1], depth=2) for i in chosen
+        )
+
+    # -- encoding -----------------------------------------------------------------------------
+    def tokens(self, obs: Observations, warn: bool = True) -> torch.Tensor:
+        """Raw tokens of observations, cut to the token budget (with a warning if ``warn``)."""
+        tokens = self.tokenizer(obs)
+        budget = self.config.max_tokens
+        if tokens.shape[1] > budget and warn:
+            warnings.warn(
+                f"context has {tokens.shape[1]} tokens, more than max_tokens={budget}; "
+                f"keeping {budget} evenly spaced tokens",
+                stacklevel=3,
+            )
+        return select_tokens(tokens, budget)
+
+    def encode(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoded tokens ``(S, T, width)`` and their mean ``(S, width)`` (order invariant)."""
+        encoded = self.encoder.tokens(tokens)
+        return encoded, encoded.mean(dim=-2)
+
+    def _weight_params(self, raw_tokens: torch.Tensor) -> Params:
+        """TransINR: per-signal rows of the chosen weight matrices from the output weight tokens."""
+        extra = repeat(self.weight_tokens, "t w -> s t w", s=raw_tokens.shape[0])
+        out = self.encoder.tokens(raw_tokens, extra)[:, -extra.shape[1] :]
+        params = dict(self.decoder_module.named_parameters())
+        per_signal = {}
+        parts = out.split(self.weight_rows, dim=1)
+        for name, head, part in zip(self.weight_names, self.weight_heads, parts):
+            base = params[name]  # (rows, in)
+            modulated = F.normalize(base * head(part), dim=-1) * base.norm(dim=-1, keepdim=True)
+            per_signal[name] = modulated
+        return {**params, **per_signal}
+
+    def condition(self, context: Observations, z: torch.Tensor | None, warn: bool = True) -> Conditioning:
+        """The decoder's conditioning from a context and latent draws ``z`` ``(K, S, dz)``."""
+        raw = self.tokens(context, warn)
+        k = 1 if z is None else z.shape[0]
+        if self.config.conditioning == "weights":
+            params = self._weight_params(raw)
+            params = {
+                n: repeat(v, "s ... -> (k s) ...", k=k) if n in self.weight_names else v
+                for n, v in params.items()
+            }
+            return Conditioning(params)
+        encoded, pooled = self.encode(raw)
+        parts = []
+        if self.config.deterministic and not self.config.attention:
+            parts.append(repeat(pooled, "s w -> (k s) w", k=k))
+        if z is not None:
+            parts.append(rearrange(z, "k s d -> (k s) d"))
+        code = torch.cat(parts, dim=-1) if parts else None
+        tokens = repeat(encoded, "s t w -> (k s) t w", k=k) if self.cross is not None else None
+        return Conditioning(dict(self.decoder_module.named_parameters()), code, tokens)
+
+    def latent_prior(self, context: Observations, warn: bool = True) -> Independent:
+        """``q(z | C)``: the latent distribution given the context alone."""
+        return self.latent(self.encode(self.tokens(context, warn))[1])
+
+    def latent_posterior(self, context: Observations, target: Observations) -> Independent:
+        """``q(z | C, T)``: from the context and target tokens together (budget applied silently)."""
+        raw = torch.cat([self.tokenizer(context), self.tokenizer(target)], dim=1)
+        return self.latent(self.encode(select_tokens(raw, self.config.max_tokens))[1])
+
+    # -- decoding -----------------------------------------------------------------------------
+    def field_fn(self, cond: Conditioning) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The decoded fields of ``B`` draws as a forward map's ``field_fn``: ``(B, ..., d) -> (B, ..., c)``.
+
+        Channels: the signal's (after the data head, e.g. sigmoid for grey) then, Gaussian, the
+        scale field ``softplus >= 0``.
+        """
+
+        def fn(points: torch.Tensor) -> torch.Tensor:
+            flat = rearrange(points, "b ... d -> b (...) d")
+            mods = self._modulations(cond, flat)
+            raw = self.decoder(cond.params, flat, mods)
+            signal = apply_head(self.field_config.head, raw[..., : self.signal_channels])
+            if self.gaussian:
+                signal = torch.cat([signal, F.softplus(raw[..., self.signal_channels :])], dim=-1)
+            return signal.reshape(*points.shape[:-1], signal.shape[-1])
+
+        return fn
+
+    def _modulations(self, cond: Conditioning, points: torch.Tensor) -> torch.Tensor | None:
+        if self.config.conditioning == "weights":
+            return None
+        shape = self.decoder.modulation_shape
+        if self.cross is None:
+            return self.to_modulation(cond.code).unflatten(-1, shape)  # (B, L, m)
+        per_point = self.cross(points, cond.tokens)  # (B, P, width)
+        if cond.code is not None:
+            code = repeat(cond.code, "b d -> b p d", p=points.shape[1])
+            per_point = torch.cat([code, per_point], dim=-1)
+        return self.to_modulation(per_point).unflatten(-1, shape)  # (B, P, L, m)
+
+    def predict_observations(
+        self, cond: Conditioning, queries: torch.Tensor, forward_map: ForwardMap, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Observation means and stds ``(K, S, N, c)`` at ``queries`` ``(S, N, q)``."""
+        expanded = repeat(queries, "s n q -> (k s) n q", k=k)
+        mean, std = observe(forward_map, self.field_fn(cond), expanded, self.obs_channels, self.gaussian)
+        mean = rearrange(mean, "(k s) n c -> k s n c", k=k)
+        if std is not None:
+            std = rearrange(std, "(k s) n c -> k s n c", k=k) + self.config.min_std
+        return mean, std
+
+    def log_likelihood(
+        self, cond: Conditioning, obs: Observations, forward_map: ForwardMap, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log p(y_n | draw)`` ``(K, S, N)`` and the squared error of the mean ``(K, S, N)``."""
+        mean, std = self.predict_observations(cond, obs.queries, forward_map, k)
+        y = obs.values
+        if self.gaussian:
+            log_prob = gaussian_log_prob(mean, std, y)
+            error = (mean - y).square().mean(-1)
+        else:
+            log_prob = bernoulli_log_prob(mean, y)
+            error = (torch.sigmoid(mean) - y).square().mean(-1)
+        return log_prob, error
+
+    # -- checks -------------------------------------------------------------------------------
+    def check_observations(self, obs: Observations, forward_map: ForwardMap, role: str) -> None:
+        """Raise :class:`InputError` for an empty set or point-map queries outside the domain."""
+        if obs.num_signals == 0 or obs.num_observations == 0:
+            raise InputError(f"{role} is empty: shape {tuple(obs.queries.shape)}")
+        if getattr(forward_map, "name", "") == "point":
+            worst = obs.queries.abs().amax()
+            if not bool(worst <= 1 + 1e-6):
+                raise InputError(
+                    f"{role} queries must lie in the field domain [-1, 1]^d; "
+                    f"found |coordinate| = {float(worst):.4g}"
+                )
+
+    # -- training -----------------------------------------------------------------------------
+    def loss(self, batch: SignalBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss of a batch (per target observation) and its metrics."""
+        if batch.kind != self.kind:
+            raise InputError(f"batch kind {batch.kind!r} does not match the process's {self.kind!r}")
+        self.check_observations(batch.context, batch.forward_map, "context")
+        self.check_observations(batch.target, batch.forward_map, "target")
+        target, fmap = batch.target, batch.forward_map
+        n = target.num_observations
+        if self.latent is None:
+            cond = self.condition(batch.context, None)
+            log_prob, error = self.log_likelihood(cond, target, fmap, 1)
+            loss = -log_prob.sum(-1).mean() / n
+            return loss, {"loss": loss, "nll": -log_prob.mean(), "mse": error.mean()}
+
+        k = self.config.train_samples
+        prior = self.latent_prior(batch.context)
+        posterior = self.latent_posterior(batch.context, target)
+        use_prior = self.config.objective == "ml" and self.config.proposal == "prior"
+        z = (prior if use_prior else posterior).rsample((k,))  # (K, S, dz)
+        cond = self.condition(batch.context, z, warn=False)
+        log_prob, error = self.log_likelihood(cond, target, fmap, k)
+        data = log_prob.sum(-1)  # (K, S)
+        kl = kl_divergence(posterior, prior)  # (S,)
+        if self.config.objective == "elbo":
+            objective = data.mean(0) - kl
+        elif use_prior:
+            objective = torch.logsumexp(data, 0) - math.log(k)
+        else:
+            weights = prior.log_prob(z) - posterior.log_prob(z)
+            objective = torch.logsumexp(data + weights, 0) - math.log(k)
+        loss = -objective.mean() / n
+        metrics = {"loss": loss, "nll": -log_prob.mean(), "kl": kl.mean(), "mse": error.mean()}
+        return loss, metrics
+
+    def compute_gradients(self, batch: SignalBatch) -> dict[str, torch.Tensor]:
+        """Backpropagate the training loss of ``batch`` into ``.grad``; return detached metrics."""
+        loss, metrics = self.loss(batch)
+        loss.backward()
+        return {key: value.detach() for key, value in metrics.items()}
+
+    # -- test time ----------------------------------------------------------------------------
+    def refine(
+        self, cond: Conditioning, context: Observations, context_map: ForwardMap, k: int, steps: int
+    ) -> Conditioning:
+        """Test-time optimisation: Adam on the context NLL of each draw's code or decoder copy."""
+        if steps <= 0:
+            return cond
+        b = k * context.num_signals
+        params = {n: v.detach() for n, v in cond.params.items()}
+        code = None if cond.code is None else cond.code.detach()
+        tokens = None if cond.tokens is None else cond.tokens.detach()
+        per_draw = {n for n, v in params.items() if v.dim() > self.decoder.param_ndim[n]}
+        if self.config.tto_params == "latent" and code is not None:
+            code = code.clone().requires_grad_(True)
+            variables = [code]
+        elif self.config.tto_params == "latent" and per_draw:
+            variables = [params[n].requires_grad_(True) for n in per_draw]
+        else:
+            params = {
+                n: (v if n in per_draw else repeat(v, "... -> b ...", b=b)).clone().requires_grad_(True)
+                for n, v in params.items()
+            }
+            variables = list(params.values())
+        refined = Conditioning(params, code, tokens)
+        optimizer = torch.optim.Adam(variables, lr=self.config.tto_lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                log_prob, _ = self.log_likelihood(refined, context, context_map, k)
+                optimizer.zero_grad(set_to_none=True)
+                (-log_prob.sum()).backward()
+                optimizer.step()
+        return Conditioning(
+            {n: v.detach() for n, v in params.items()},
+            None if code is None else code.detach(),
+            tokens,
+        )
+
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        context: Observations,
+        context_map: ForwardMap,
+        queries: torch.Tensor,
+        query_map: ForwardMap,
+        *,
+        steps: int | None = None,
+        num_samples: int = 16,
+    ) -> Prediction:
+        """Predictive mean and variance of observations at ``queries`` from the context alone."""
+        self.check_observations(context, context_map, "context")
+        if getattr(query_map, "name", "") == "point":
+            probe = Observations(queries, queries[..., :1])
+            self.check_observations(probe, query_map, "query")
+        k = num_samples if self.latent is not None else 1
+        z = self.latent_prior(context).sample((k,)) if self.latent is not None else None
+        cond = self.condition(context, z)
+        cond = self.refine(cond, context, context_map, k, self.config.tto_steps if steps is None else steps)
+        means, stds = [], []
+        for chunk in queries.split(self.config.query_chunk, dim=1):
+            mean, std = self.predict_observations(cond, chunk, query_map, k)
+            means.append(mean)
+            stds.append(std)
+        mean = torch.cat(means, dim=2)  # (K, S, M, c)
+        if not self.gaussian:
+            p = torch.sigmoid(mean)
+            avg = p.mean(0)
+            return Prediction(avg, avg * (1 - avg), p)
+        std = torch.cat(stds, dim=2)
+        variance = mean.var(0, unbiased=False) + std.square().mean(0)
+        return Prediction(mean.mean(0), variance, mean)
+
+
+def build_process(
+    name: str,
+    field_config_or_field: FieldConfig | Field,
+    kind: str,
+    **options: Any,
+) -> NeuralProcess:
+    """Build a neural process ``cnp``, ``np``, ``anp`` or ``ponp`` over a decoder field for a data kind.
+
+    Args:
+        name: the model preset (see the module docstring's table).
+        field_config_or_field: the signal's field (its head names the data: ``grey``/``rgb`` images,
+            ``attenuation`` CT, ``occupancy``/``sdf`` shapes, ``radiance`` views); the decoder copies its
+            architecture with an identity head and the process's conditioning.
+        kind: ``image``, ``ct``, ``shape`` or ``views`` (selects the tokenizer).
+        **options: :class:`ProcessConfig` fields overriding the preset.
+    """
+    if name not in PRESETS:
+        raise unknown_name("neural process", name, MODELS)
+    known = {f.name for f in fields(ProcessConfig)}
+    unknown = set(options) - known
+    if unknown:
+        raise InputError(f"unknown process option(s) {sorted(unknown)}; valid: {sorted(known)}")
+    if "weight_layers" in options:
+        options["weight_layers"] = tuple(options["weight_layers"])
+    config = ProcessConfig(model=name, **{**PRESETS[name], **options})
+    field_config = (
+        field_config_or_field.config if isinstance(field_config_or_field, Field) else field_config_or_field
+    )
+    return NeuralProcess(field_config, kind, config)
