@@ -64,6 +64,8 @@ def run_train(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(str(cfg.device))
     bundle = build_data(config["data"], seed=int(cfg.seed))
+    # what `reconstruct` needs to rebuild the model without the training data
+    config["resolved"] = {"kind": bundle.kind, "head": bundle.head, "in_dim": bundle.in_dim}
     field = build_field_for(config["field"], bundle)
     method = build_method(config["method"], field, bundle).to(device)
     if device.type == "cuda":
