@@ -141,5 +141,21 @@ def run_hydra_command(command: str, argv: list[str]) -> None:
         from importlib import import_module
 
         apps[command] = import_module(f"genfield.commands.{command}").app
-    sys.argv = [f"genfield {command}", *argv]
+    sys.argv = [f"genfield {command}", *argv, *_torchrun_overrides(argv)]
     apps[command]()
+
+
+def _torchrun_overrides(argv: list[str]) -> list[str]:
+    """Under torchrun, every rank must resolve the same run folder, and only rank 0 writes Hydra's
+    files: the folder comes from the torchrun run id unless given, and ranks > 0 log nothing."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return []
+    extra = []
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        run_id = os.environ.get("TORCHELASTIC_RUN_ID", "torchrun")
+        extra.append(f"hydra.run.dir=outputs/torchrun/{run_id}")
+    if int(os.environ.get("RANK", "0")) > 0:
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    return extra

@@ -218,15 +218,42 @@ def _views_bundle(cfg: Mapping[str, Any], seed: int, batch_size: int, eval_signa
     )
 
 
-def build_field_for(cfg: Mapping[str, Any], bundle: DataBundle) -> Field:
-    """The field named by ``cfg['preset']`` with the head and input dimension of the data kind."""
+def resolved_data(data: DataBundle | Mapping[str, Any]) -> dict[str, Any]:
+    """``{kind, head, in_dim}`` of a data bundle, or of a run's stored ``config["resolved"]``.
+
+    This is all a model needs from its data, so ``reconstruct`` rebuilds a trained model from the
+    checkpoint's metadata without loading the training data.
+    """
+    if isinstance(data, DataBundle):
+        return {"kind": data.kind, "head": data.head, "in_dim": data.in_dim}
+    missing = [key for key in ("kind", "head") if key not in data]
+    if missing:
+        raise InputError(f"resolved data config lacks {missing} (got keys {sorted(data)})")
+    kind = str(data["kind"])
+    if kind not in KIND_IN_DIM:
+        raise unknown_name("data kind", kind, list(KIND_IN_DIM))
+    return {"kind": kind, "head": str(data["head"]), "in_dim": int(data.get("in_dim", KIND_IN_DIM[kind]))}
+
+
+def build_field_for(cfg: Mapping[str, Any], bundle: DataBundle | Mapping[str, Any]) -> Field:
+    """The field named by ``cfg['preset']`` with the head and input dimension of the data kind.
+
+    ``bundle`` is a :class:`DataBundle` or a mapping ``{kind, head, in_dim}`` (a stored run's
+    ``config["resolved"]``).
+    """
     options = dict(cfg.get("options") or {})
-    head = bundle.head
-    return build_field(str(cfg.get("preset", "siren")), in_dim=bundle.in_dim, head=head, **options)
+    data = resolved_data(bundle)
+    return build_field(str(cfg.get("preset", "siren")), in_dim=data["in_dim"], head=data["head"], **options)
 
 
-def build_method(cfg: Mapping[str, Any], field: Field, bundle: DataBundle) -> Reconstructor:
-    """A meta-learner, a neural process or the random-init baseline, by ``cfg['route']``."""
+def build_method(
+    cfg: Mapping[str, Any], field: Field, bundle: DataBundle | Mapping[str, Any]
+) -> Reconstructor:
+    """A meta-learner, a neural process or the random-init baseline, by ``cfg['route']``.
+
+    ``bundle`` is a :class:`DataBundle` or a mapping ``{kind, head, in_dim}`` (see
+    :func:`build_field_for`).
+    """
     name, route = str(cfg.get("name")), str(cfg.get("route", "meta"))
     options = dict(cfg.get("options") or {})
     if route == "meta":
@@ -236,7 +263,7 @@ def build_method(cfg: Mapping[str, Any], field: Field, bundle: DataBundle) -> Re
     if route == "process":
         from genfield.processes import build_process
 
-        return build_process(name, field, bundle.kind, **options)
+        return build_process(name, field, resolved_data(bundle)["kind"], **options)
     if route == "baseline":
         from genfield.fitting import RandomInitFit
 

@@ -66,7 +66,7 @@ def evaluate(
         if batch.extras.get("target", "occupancy") == "sdf":
             metrics = {"iou": iou(mean <= 0, target <= 0)}
         else:
-            metrics = {"iou": iou(mean > 0, target > 0.5)}
+            metrics = {"iou": iou(mean > 0.5, target > 0.5)}
     else:
         metrics = {"psnr": psnr(mean.clamp(0, 1), batch.target.values)}
     return Evaluation(metrics=metrics, prediction=prediction, queries=queries)

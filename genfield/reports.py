@@ -98,7 +98,8 @@ def write_figures(
         level_kind = batch.extras.get("target", "occupancy")
         for name, field_fn in shape_fields.items():
             try:
-                mesh = extract_mesh(field_fn, resolution=mesh_resolution, kind=level_kind)
+                level = 0.0 if level_kind == "sdf" else 0.5  # occupancy: probability 0.5
+                mesh = extract_mesh(field_fn, resolution=mesh_resolution, level=level, kind=level_kind)
             except ValueError as error:  # the level set was not crossed: say so, keep going
                 (out / f"mesh_{name}.txt").write_text(str(error))
                 continue

@@ -12,6 +12,7 @@ which is kept: checkpoints are written atomically and only after finite steps.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -26,6 +27,9 @@ from tqdm.auto import tqdm
 from genfield.checkpoint import load_checkpoint, save_checkpoint
 from genfield.datasets.batch import SignalBatch
 from genfield.datasets.sampling import StepBatches
+from genfield.distributed import broadcast_module, check_same_on_ranks
+from genfield.distributed import world as process_world
+from genfield.errors import InputError
 from genfield.interface import Reconstructor
 
 
@@ -64,35 +68,66 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    """``(rank, world_size)`` of the running ``torch.distributed`` group, ``(0, 1)`` without one."""
+    return process_world()
 
 
 def shard(batch: SignalBatch, rank: int, world: int) -> SignalBatch:
-    """This rank's contiguous share of a meta-batch (every rank gets the same number of signals)."""
+    """This rank's contiguous share of a meta-batch: signals ``[rank S/W, (rank + 1) S/W)``.
+
+    Every rank builds the same global batch from ``(seed, step)`` and keeps its share (the split
+    ``DistributedSampler`` makes of one global order), so the union of the shards is exactly the
+    batch of a one-process run. Shards are equal, so the mean of the rank gradients is the gradient
+    of the mean loss over the whole batch.
+    """
     if world == 1:
         return batch
     if batch.num_signals % world:
-        raise ValueError(
-            f"meta-batch of {batch.num_signals} signals does not split over {world} ranks"
+        raise InputError(
+            f"data.batch_size={batch.num_signals} does not split evenly over {world} ranks"
         )
     per_rank = batch.num_signals // world
     return batch.select(slice(rank * per_rank, (rank + 1) * per_rank))
 
 
-def all_reduce_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
-    """Average gradients over ranks (one flattened all-reduce, as DDP's buckets do)."""
-    if world == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+def all_reduce_gradients(
+    parameters: list[torch.nn.Parameter],
+    world: int,
+    metrics: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Average gradients and scalar metrics over ranks with one flattened all-reduce.
+
+    The buffer holds every gradient (as DDP's buckets do, but in one bucket), one "has a gradient"
+    flag per parameter and the metrics, so one collective per step serves all three. The gradient
+    of a parameter becomes ``sum_r g_r / n``, ``n`` being the number of ranks that produced one:
+    the DDP mean ``1/W sum_r g_r`` when every rank did, the mean over the others when a rank
+    skipped its meta-step (:class:`~genfield.meta.MetaStepSkipped` writes no ``.grad``), and
+    ``None`` -- no optimizer update, as in one process -- when none did. Metrics are averaged, so
+    every rank sees the loss of the whole batch and a non-finite loss stops every rank together.
+
+    Returns:
+        the metrics averaged over ranks (the input itself when ``world == 1``).
+    """
+    metrics = dict(metrics or {})
+    if world == 1 or not parameters:
+        return metrics
+    dtype = functools.reduce(torch.promote_types, (p.dtype for p in parameters))
+    device = parameters[0].device
+    names = sorted(metrics)  # same keys in the same order on every rank
+    has_grad = [p.grad is not None for p in parameters]
+    pieces = [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+        for p in parameters
+    ]
+    pieces.append(torch.tensor(has_grad, dtype=dtype, device=device))
+    pieces.extend(metrics[k].detach().reshape(1).to(device=device, dtype=dtype) for k in names)
+    flat = torch.cat(pieces)
     dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p, g in zip(parameters, grads):
-        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
-        offset += g.numel()
+    sizes = [p.numel() for p in parameters] + [len(parameters), len(names)]
+    *grads, counts, values = torch.split(flat, sizes)
+    for p, g, n in zip(parameters, grads, counts.tolist(), strict=True):
+        p.grad = (g / n).view_as(p).to(p.dtype) if n > 0 else None
+    return {k: v / world for k, v in zip(names, values, strict=True)}
 
 
 def train(
@@ -129,6 +164,8 @@ def train(
     start = 0
     if resume and checkpoint.is_file():
         start = load_checkpoint(checkpoint, method, optimizer)["step"]
+    check_same_on_ranks(start, "the step to resume from", world)
+    broadcast_module(method, world)  # every rank starts from rank 0's weights, as DDP does
     result = TrainResult(steps=start)
     writer = _tensorboard(out_dir) if config.tensorboard and rank == 0 else None
     began = time.perf_counter()
@@ -143,8 +180,7 @@ def train(
     for step in bar:
         batch = shard(batches[step], rank, world).to(device)
         optimizer.zero_grad(set_to_none=True)
-        metrics = method.compute_gradients(batch)
-        all_reduce_gradients(parameters, world)
+        metrics = all_reduce_gradients(parameters, world, method.compute_gradients(batch))
         loss = metrics.get("loss")
         if loss is not None and not torch.isfinite(loss).all():  # one host sync per step
             last = f"{checkpoint} (step {result.steps})" if checkpoint.is_file() else "none"

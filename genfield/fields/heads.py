@@ -7,7 +7,9 @@ rgb           3         colour in [0, 1] (sigmoid)
 grey          1         intensity in [0, 1] (sigmoid)
 attenuation   1         CT attenuation >= 0 (softplus)
 sdf           1         signed distance, unbounded (identity)
-occupancy     1         occupancy logit, unbounded (identity; sigmoid gives the probability)
+occupancy     1         unbounded (identity): a logit for a Bernoulli likelihood (neural processes),
+                        a 0/1 regression for Gaussian ones (meta-learners); either way the
+                        *predicted* occupancy is a probability and the surface its 0.5 level
 radiance      4         (density >= 0 by softplus, RGB in [0, 1] by sigmoid), for volume rendering
 identity      any       the raw output (neural processes that predict a mean and a scale)
 ============  ========  ==============================================================
