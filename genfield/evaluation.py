@@ -60,7 +60,9 @@ def evaluate(
     if batch.kind in ("image", "ct"):
         truth = batch.ground_truth
         image = as_images(mean, truth).clamp(0, 1)
-        metrics = {"psnr": psnr(image, truth), "ssim": ssim(image, truth)}
+        metrics = {"psnr": psnr(image, truth)}
+        if min(truth.shape[1:3]) >= 11:  # SSIM's 11 x 11 Gaussian window must fit
+            metrics["ssim"] = ssim(image, truth)
     elif batch.kind == "shape":
         target = batch.target.values
         if batch.extras.get("target", "occupancy") == "sdf":

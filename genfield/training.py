@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from genfield.checkpoint import load_checkpoint, save_checkpoint
+from genfield.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from genfield.datasets.batch import SignalBatch
 from genfield.datasets.sampling import StepBatches
 from genfield.distributed import broadcast_module, check_same_on_ranks
@@ -83,9 +83,7 @@ def shard(batch: SignalBatch, rank: int, world: int) -> SignalBatch:
     if world == 1:
         return batch
     if batch.num_signals % world:
-        raise InputError(
-            f"data.batch_size={batch.num_signals} does not split evenly over {world} ranks"
-        )
+        raise InputError(f"data.batch_size={batch.num_signals} does not split evenly over {world} ranks")
     per_rank = batch.num_signals // world
     return batch.select(slice(rank * per_rank, (rank + 1) * per_rank))
 
@@ -116,8 +114,7 @@ def all_reduce_gradients(
     names = sorted(metrics)  # same keys in the same order on every rank
     has_grad = [p.grad is not None for p in parameters]
     pieces = [
-        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
-        for p in parameters
+        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in parameters
     ]
     pieces.append(torch.tensor(has_grad, dtype=dtype, device=device))
     pieces.extend(metrics[k].detach().reshape(1).to(device=device, dtype=dtype) for k in names)
@@ -183,10 +180,12 @@ def train(
         metrics = all_reduce_gradients(parameters, world, method.compute_gradients(batch))
         loss = metrics.get("loss")
         if loss is not None and not torch.isfinite(loss).all():  # one host sync per step
-            last = f"{checkpoint} (step {result.steps})" if checkpoint.is_file() else "none"
-            raise TrainingDiverged(
-                f"non-finite loss at step {step}; last finite checkpoint: {last}"
+            last = (
+                f"{checkpoint} (step {read_checkpoint_metadata(checkpoint)['step']})"
+                if checkpoint.is_file()
+                else "none"
             )
+            raise TrainingDiverged(f"non-finite loss at step {step}; last finite checkpoint: {last}")
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
         optimizer.step()
@@ -226,10 +225,7 @@ def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(file, fieldnames=names)
         writer.writeheader()
         writer.writerows(
-            {
-                k: (v if not isinstance(v, float) or math.isfinite(v) else "nan")
-                for k, v in row.items()
-            }
+            {k: (v if not isinstance(v, float) or math.isfinite(v) else "nan") for k, v in row.items()}
             for row in rows
         )
 
