@@ -11,6 +11,7 @@ which is kept: checkpoints are written atomically and only after finite steps.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import math
@@ -49,6 +50,7 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     tensorboard: bool = False
+    amp: bool = False
 
 
 @dataclass
@@ -164,6 +166,10 @@ def train(
     check_same_on_ranks(start, "the step to resume from", world)
     broadcast_module(method, world)  # every rank starts from rank 0's weights, as DDP does
     result = TrainResult(steps=start)
+    # Mixed precision where it is safe: bf16 autocast on CUDA, never for second-order estimators
+    # (Hessian-vector products and backprop through inner steps want full precision).
+    use_amp = config.amp and device.type == "cuda" and not method.needs_double_backward
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     writer = _tensorboard(out_dir) if config.tensorboard and rank == 0 else None
     began = time.perf_counter()
     bar = tqdm(
@@ -177,7 +183,9 @@ def train(
     for step in bar:
         batch = shard(batches[step], rank, world).to(device)
         optimizer.zero_grad(set_to_none=True)
-        metrics = all_reduce_gradients(parameters, world, method.compute_gradients(batch))
+        with autocast:
+            metrics = method.compute_gradients(batch)
+        metrics = all_reduce_gradients(parameters, world, metrics)
         loss = metrics.get("loss")
         if loss is not None and not torch.isfinite(loss).all():  # one host sync per step
             last = (
