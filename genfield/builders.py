@@ -203,7 +203,7 @@ def _views_bundle(cfg: Mapping[str, Any], seed: int, batch_size: int, eval_signa
     train_split = ViewSplit(
         n_context_views=int(_option(cfg, "n_context_views", 1)),
         n_target_views=int(_option(cfg, "n_target_views", 1)),
-        rays_per_signal=int(_option(cfg, "rays_per_signal", 512)),
+        rays_per_signal=cfg.get("rays_per_signal", 512),  # null: whole target views
         **render,
     )
     eval_split = ViewSplit(

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from genfield.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from genfield.datasets.batch import SignalBatch
