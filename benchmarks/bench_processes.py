@@ -3,9 +3,10 @@
 * Reconstruction time of one image signal: one PONP forward pass, PONP with ``K`` test-time
   optimisation steps, and ``K`` Adam steps on the same decoder from an initialisation (the cost of
   meta-initialised adaptation with the same decoder size; ``genfield.fitting.fit_from_scratch``).
-* Peak training memory against the batch size and the number of context tokens: on CUDA
-  ``torch.cuda.max_memory_allocated``; on CPU the bytes of tensors saved for backward (autograd's
-  saved-tensor hooks), which is what a training step keeps alive.
+* Peak training memory against the batch size and the number of context tokens, measured by
+  :func:`genfield.profiling.measure` (the one implementation): on CUDA
+  ``torch.cuda.max_memory_allocated``; on CPU the live peak of the bytes autograd saves for
+  backward, which is what a training step keeps alive.
 
 Run ``python -m benchmarks.bench_processes [--quick] [--device cuda]``.
 """
@@ -23,6 +24,7 @@ from genfield.fields.coords import grid_coords
 from genfield.fields.field import Field, field_config
 from genfield.fitting import fit_from_scratch
 from genfield.processes import build_process
+from genfield.profiling import Measurement, measure
 from genfield.viz.forward_maps import PointMap
 
 
@@ -45,21 +47,14 @@ def timed(fn, repeats: int, device: str) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def peak_training_memory(model, batch: SignalBatch, device: str) -> int:
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        model.compute_gradients(batch)
-        return int(torch.cuda.max_memory_allocated())
-    saved = 0
+def peak_training_memory(model, batch: SignalBatch, device: str) -> Measurement:
+    """Peak bytes of one training step (forward and backward), by :func:`genfield.profiling.measure`.
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    CUDA: ``torch.cuda.max_memory_allocated``; CPU: the live peak of the bytes saved for backward.
+    """
+    with measure(device) as result:
         model.compute_gradients(batch)
-    return saved
+    return result
 
 
 def main() -> None:
@@ -99,7 +94,9 @@ def main() -> None:
     for s in sizes:
         for t in tokens:
             batch = image_batch(s, side, min(t, side * side), device)
-            memory.append({"batch": s, "tokens": t, "bytes": peak_training_memory(model, batch, device)})
+            peak = peak_training_memory(model, batch, device)
+            memory.append({"batch": s, "tokens": t, "bytes": peak.peak_bytes, "mib": round(peak.peak_mib, 3)})
+            results["memory_method"] = peak.method
     results["training_memory"] = memory
     for key, value in results.items():
         print(key, value)

@@ -50,7 +50,7 @@ def fit_from_scratch(
     history = torch.empty(steps, observations.num_signals, device=device)
     iterator = range(steps)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         iterator = tqdm(iterator, desc="fit", unit="step")
     for step in iterator:

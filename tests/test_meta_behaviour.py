@@ -162,3 +162,23 @@ def test_adapting_only_a_latent_gives_shared_weights_the_total_gradient(name):
         analytic.append(sum((grads[k] * d[k]).sum() for k in params).item())
         numeric.append((loss_at(h) - loss_at(-h)) / (2 * h))
     torch.testing.assert_close(torch.tensor(analytic), torch.tensor(numeric), rtol=2e-3, atol=1e-7)
+
+
+def test_preconditioned_cg_solves_a_badly_scaled_system_that_plain_cg_does_not():
+    """A diagonal spanning six decades plus a low-rank coupling (iBaML's relative prior): Jacobi
+    preconditioning converges in a few iterations; the answer matches a dense solve."""
+    from genfield.meta.cg import conjugate_gradient
+
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    diag = torch.logspace(0, 6, n)
+    u = torch.randn(n, 3, generator=g)
+    a = torch.diag(diag) + 10 * u @ u.T
+    b = {"w": torch.randn(1, n, generator=g)}
+    hvp = lambda p: {"w": p["w"] @ a}  # noqa: E731  (a is symmetric)
+    plain = conjugate_gradient(hvp, b, iterations=10, tol=1e-8)
+    pre = conjugate_gradient(hvp, b, iterations=10, tol=1e-8, preconditioner={"w": 1 / diag[None]})
+    exact = torch.linalg.solve(a, b["w"][0])
+    assert plain.relative_residual.item() > 1e-3
+    assert pre.relative_residual.item() < 1e-8 and bool(pre.converged)
+    torch.testing.assert_close(pre.x["w"][0], exact, rtol=1e-6, atol=1e-12)

@@ -173,7 +173,7 @@ def test_gradient_through_ct_projection_matches_finite_differences(float64):
     assert directional_check(model, batch).abs() > 0
 
     # the observed mean and scale are the projector applied by hand to the mean and scale fields
-    cond = model.condition(obs, model.latent_prior(obs).mean[None])
+    cond = model.condition(obs, model.latent_prior(obs).mean[None], forward_map=fmap)
     mean, std = model.predict_observations(cond, queries, fmap, 1)
     fn = model.field_fn(cond)
     torch.testing.assert_close(mean[0], fmap(lambda x: fn(x)[..., :1], queries))
@@ -299,3 +299,97 @@ def test_non_finite_loss_is_reported_not_hidden():
     batch.target.values[0, 0, 0] = float("nan")
     metrics = model.compute_gradients(batch)
     assert not torch.isfinite(metrics["loss"])
+
+
+# -- local features through the adjoint of the forward map (CT) ----------------------------------
+def ct_context(n_signals: int = 2, n_angles: int = 4, d: int = 8, seed: int = 0) -> Observations:
+    from genfield.viz.ct import ct_queries
+
+    g = torch.Generator().manual_seed(seed)
+    angles = torch.rand(n_signals, n_angles, generator=g) * math.pi
+    return Observations(ct_queries(angles, d), torch.rand(n_signals, n_angles * d, 1, generator=g))
+
+
+def test_backprojected_views_sum_to_fbp_and_read_neighbouring_bins():
+    from genfield.viz.ct import ParallelBeamProjection, fbp
+
+    d, a = 8, 4
+    ctx = ct_context(n_angles=a, d=d)
+    points = grid_coords((d, d)).expand(2, -1, -1)
+    fmap = ParallelBeamProjection()
+    views = fmap.backproject_views(ctx.queries, ctx.values, points, d, "ramp", (-1.0, 0.0, 1.0))
+    assert views.shape == (2, d * d, a, 3)
+    angles = ctx.queries[:, ::d, 0]
+    reference = fbp(ctx.values.reshape(2, a, d), angles, d, circle=False)  # (pi / A) sum_a q_a(t(x))
+    torch.testing.assert_close((math.pi / a) * views[..., 1].sum(-1), reference.reshape(2, -1))
+    # unfiltered, at a point on the ray of bin k of view 0, offsets -1/0/+1 read bins k-1, k, k+1
+    theta, k = angles[0, 0], 3
+    t = -1 + (2 * k + 1) / d
+    point = torch.stack([-t * theta.sin(), t * theta.cos()]).reshape(1, 1, 2)
+    raw = fmap.backproject_views(ctx.queries[:1], ctx.values[:1], point, d, None, (-1.0, 0.0, 1.0))
+    torch.testing.assert_close(raw[0, 0, 0], ctx.values[0, k - 1 : k + 2, 0])
+    # the same under torch.func.vmap, one signal at a time
+    batched = torch.func.vmap(
+        lambda q, y, p: fmap.backproject_views(q, y, p, d, "ramp", (-1.0, 0.0, 1.0))
+    )(ctx.queries, ctx.values, points)
+    torch.testing.assert_close(batched, views)
+
+
+def ct_process(**options):
+    fc = field_config("fourier", in_dim=2, head="attenuation", hidden=16, n_layers=2, fourier_features=16)
+    return build_process("ponp", fc, "ct", **{**SMALL, "latent_dim": 0, **options})
+
+
+def test_ct_local_features_are_the_ponp_default_and_invariant_to_the_order_of_views():
+    from genfield.viz.ct import ParallelBeamProjection
+
+    torch.manual_seed(0)
+    model = ct_process().eval()
+    assert model.config.local_features and model.config.context_subsample == (1, 20)
+    assert not ct_process(local_features=False).config.local_features
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    d, a = 8, 4
+    ctx = ct_context(n_angles=a, d=d)
+    order = torch.tensor([2, 0, 3, 1])
+    permuted = Observations(
+        ctx.queries.reshape(2, a, d, 2)[:, order].reshape(2, a * d, 2),
+        ctx.values.reshape(2, a, d, 1)[:, order].reshape(2, a * d, 1),
+    )
+    fmap = ParallelBeamProjection(n_samples=8)
+    points = torch.rand(2, 30, 2) * 2 - 1
+    first = model.reconstruct(ctx, fmap, points, PointMap())
+    second = model.reconstruct(permuted, fmap, points, PointMap())
+    torch.testing.assert_close(first.mean, second.mean, atol=1e-5, rtol=1e-5)
+    # the features depend on the measurements: other projections, other predictions
+    other = Observations(ctx.queries, ctx.values.flip(1))
+    assert (model.reconstruct(other, fmap, points, PointMap()).mean - first.mean).abs().max() > 1e-4
+
+
+def test_context_subsampling_partitions_the_context_into_context_and_target():
+    torch.manual_seed(0)
+    model = ct_process(context_subsample=(2, 3))
+    d, a = 8, 5
+    ctx, target = ct_context(n_angles=a, d=d), ct_context(n_angles=2, d=d, seed=1)
+    kept, scored = model.subsample_context(ctx, target)
+    n_kept = kept.num_observations // d
+    assert 2 <= n_kept <= 3 and kept.num_observations % d == 0
+    assert scored.num_observations == target.num_observations + (a - n_kept) * d
+    torch.testing.assert_close(scored.values[:, : target.num_observations], target.values)
+    for s in range(2):  # whole projections, each in exactly one of the two sets
+        ours = torch.cat([kept.values[s], scored.values[s, target.num_observations :]]).reshape(a, d)
+        theirs = ctx.values[s].reshape(a, d)
+        matches = (ours[:, None] == theirs[None]).all(-1)
+        assert matches.sum(0).tolist() == [1] * a
+
+
+def test_kind_options_and_local_feature_errors():
+    fc = image_field()
+    model = build_process("cnp", fc, "image", width=16, by_kind={"image": {"width": 24}, "ct": {"width": 8}})
+    assert model.config.width == 24
+    with pytest.raises(InputError, match="by_kind"):
+        build_process("cnp", fc, "image", by_kind={"pictures": {}})
+    with pytest.raises(InputError, match="local_features"):
+        build_process("ponp", fc, "image", local_features=True)
+    with pytest.raises(InputError, match="context_subsample"):
+        build_process("ponp", fc, "image", context_subsample=(3, 2))

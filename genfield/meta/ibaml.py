@@ -67,6 +67,11 @@ from genfield.meta.likelihood import gaussian_nll
 from genfield.meta.tree import Tree, expand_signals, leaves
 from genfield.viz.forward_maps import ForwardMap
 
+#: Monte-Carlo noise of the inner loop: one draw per meta-step, or a fresh draw per inner step.
+INNER_NOISE = ("fixed", "fresh")
+#: Diagonal preconditioners of the inner gradient of the posterior mean.
+PRECONDITIONERS = ("none", "prior", "posterior")
+
 
 def _split(v: Tree) -> tuple[Tree, Tree]:
     mu = {k[3:]: t for k, t in v.items() if k.startswith("mu/")}
@@ -109,6 +114,9 @@ class IBaML(MetaLearner):
         inner_optimizer: str = "adam",
         inner_lr: float = 1e-2,
         curvature: str = "hessian",
+        inner_noise: str = "fresh",
+        precondition: str = "none",
+        relative_prior: bool = False,
         **options,
     ) -> None:
         if options.pop("meta_sgd", False):
@@ -120,16 +128,23 @@ class IBaML(MetaLearner):
             )
         if curvature not in CURVATURES:
             raise unknown_name("curvature", curvature, CURVATURES)
-        self.curvature = curvature
+        if inner_noise not in INNER_NOISE:
+            raise unknown_name("inner_noise", inner_noise, INNER_NOISE)
+        if precondition not in PRECONDITIONERS:
+            raise unknown_name("precondition", precondition, PRECONDITIONERS)
+        if precondition == "posterior" and inner_optimizer == "adam":
+            raise InputError("precondition='posterior' needs inner_optimizer='sgd'")
+        self.curvature, self.inner_noise, self.precondition = curvature, inner_noise, precondition
         super().__init__(field, inner_optimizer=inner_optimizer, inner_lr=inner_lr, **options)
         self.prior_mean = nn.ParameterDict(
             {_module_key(k): nn.Parameter(v) for k, v in self._initial.items()}
         )
+        def initial_logvar(v: torch.Tensor) -> torch.Tensor:
+            std = prior_std * (v.square().mean().sqrt().clamp_min(1e-3) if relative_prior else 1)
+            return torch.full_like(v, 2 * math.log(std))
+
         self.prior_logvar = nn.ParameterDict(
-            {
-                _module_key(k): nn.Parameter(torch.full_like(v, 2 * math.log(prior_std)))
-                for k, v in self._initial.items()
-            }
+            {_module_key(k): nn.Parameter(initial_logvar(v)) for k, v in self._initial.items()}
         )
         log_sigma = torch.tensor(math.log(obs_noise))
         if learn_obs_noise:
@@ -223,37 +238,89 @@ class IBaML(MetaLearner):
         return self.expected_nll(v, noise, target, forward_map).mean() / per_value
 
     # -- inner loop -----------------------------------------------------------------------------
+    def _preconditioner(self, create_graph: bool):
+        """``grad_mu F -> e^{l} grad_mu F`` (prior) or ``e^{rho} grad_mu F`` (posterior).
+
+        With the prior variance the KL's pull on ``mu`` has unit curvature, so ``inner_lr`` is a
+        fraction of the way back to ``m`` per step, whatever the scale of each weight. The posterior
+        variance is, at a stationary point of ``F`` (``dF/drho = 0``), the inverse of the diagonal
+        curvature ``diag(H_nll) + e^{-l}`` of ``F`` in ``mu`` (Gaussian variational fixed point),
+        so the step is a diagonal Newton step (as in variational online Gauss-Newton). Both leave
+        the stationary points of ``F`` — and so the implicit meta-gradient — unchanged.
+        """
+        if self.precondition == "none" or self.inner_optimizer == "adam":
+            return None  # Adam: see _mean_rates
+        _, l = self.prior()
+
+        def precondition(v: Tree, grads: Tree) -> Tree:
+            out = dict(grads)
+            for k, g in grads.items():
+                if not k.startswith("mu/"):
+                    continue
+                if self.precondition == "prior":
+                    scale = l[k[3:]] if create_graph else l[k[3:]].detach()
+                else:
+                    scale = v[f"rho/{k[3:]}"] if create_graph else v[f"rho/{k[3:]}"].detach()
+                out[k] = torch.exp(scale) * g
+            return out
+
+        return precondition
+
+    def _mean_rates(self, create_graph: bool) -> dict[str, float | torch.Tensor]:
+        """Inner learning rates of ``mu``. Adam's steps are about ``inner_lr`` per weight whatever
+        the gradient's scale, so with ``precondition="prior"`` its rate is measured in prior
+        standard deviations, ``inner_lr e^{l/2}`` (weights of a SIREN differ in scale by 30x)."""
+        m, l = self.prior()
+        if self.inner_optimizer != "adam" or self.precondition == "none":
+            return {f"mu/{k}": self.inner_lr for k in m}
+        return {
+            f"mu/{k}": self.inner_lr * torch.exp(0.5 * (t if create_graph else t.detach()))
+            for k, t in l.items()
+        }
+
     def adapt_posterior(
         self,
         context: Observations,
         forward_map: ForwardMap,
-        noise: Tree,
+        noise: Tree | None,
         steps: int,
         init: Tree | None = None,
         create_graph: bool = False,
     ) -> Tree:
-        """``v_K``: K inner steps on ``F`` from the prior (or from ``init``), noise fixed.
+        """``v_K``: K inner steps on ``F`` from the prior (or from ``init``).
 
+        ``noise`` is held fixed for all K steps (``F`` is then one deterministic function); with
+        ``noise=None`` every step draws fresh noise (:meth:`draw_noise`), a stochastic-gradient
+        descent on the exact expectation ``E_q[NLL]`` that cannot overfit one set of draws.
         ``create_graph=True`` keeps the trajectory differentiable in the prior: the *explicit*
         (backprop-through-K) Bayesian meta-gradient, for comparison with the implicit one.
         """
+        S = context.num_signals
         if init is None:
             m, l = self.prior()
             if not create_graph:
                 m, l = ({k: t.detach() for k, t in d.items()} for d in (m, l))
-            S = context.num_signals
             init = _join(expand_signals(m, S), expand_signals(l, S))
-        rates = {k: self.inner_lr if k.startswith("mu/") else self.inner_lr_logvar for k in init}
+        rates = self._mean_rates(create_graph)
+        rates.update({k: self.inner_lr_logvar for k in init if k.startswith("rho/")})
+
+        def objective(v: Tree) -> torch.Tensor:
+            eps = self.draw_noise(S) if noise is None else noise
+            return self.free_energy(v, eps, context, forward_map, not create_graph).sum()
+
         return inner_loop(
-            lambda v: self.free_energy(v, noise, context, forward_map, not create_graph).sum(),
-            init, steps, rates, self.inner_optimizer, create_graph=create_graph,
+            objective, init, steps, rates, self.inner_optimizer, create_graph=create_graph,
+            precondition=self._preconditioner(create_graph),
         )
+
+    def _inner_noise(self, noise: Tree) -> Tree | None:
+        return noise if self.inner_noise == "fixed" else None
 
     def adapt(
         self, context: Observations, forward_map: ForwardMap, steps: int | None = None
     ) -> AdaptedState:
         steps = self.inner_steps if steps is None else steps
-        noise = self.draw_noise(context.num_signals)
+        noise = self._inner_noise(self.draw_noise(context.num_signals))
         mu, rho = _split(self.adapt_posterior(context, forward_map, noise, steps))
         return AdaptedState(mu, rho)
 
@@ -295,7 +362,12 @@ class IBaML(MetaLearner):
                 )
             return {k: h + curvature[k] * p[k] for k, h in zip(v, hv)}
 
-        solve = conjugate_gradient(hvp, b_v, self.cg_iterations, self.cg_damping, self.cg_tol)
+        # Jacobi preconditioner from the KL's curvature: with a prior whose variances span decades
+        # (relative_prior on a SIREN) plain CG would stall; (P A) is then close to I + P H_nll.
+        jacobi = {k: 1 / (c.expand_as(v[k]) + self.cg_damping) for k, c in curvature.items()}
+        solve = conjugate_gradient(
+            hvp, b_v, self.cg_iterations, self.cg_damping, self.cg_tol, preconditioner=jacobi
+        )
         x_mu, x_rho = _split(solve.x)
         grads = {}
         for k in mu:
@@ -320,12 +392,16 @@ class IBaML(MetaLearner):
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
         noise = self.draw_noise(batch.num_signals)
-        v = self.adapt_posterior(batch.context, batch.forward_map, noise, self.inner_steps)
+        v = self.adapt_posterior(
+            batch.context, batch.forward_map, self._inner_noise(noise), self.inner_steps
+        )
         return self.implicit_gradient(v, noise, batch)
 
     def outer_loss(self, batch: SignalBatch) -> torch.Tensor:
         noise = self.draw_noise(batch.num_signals)
-        v = self.adapt_posterior(batch.context, batch.forward_map, noise, self.inner_steps)
+        v = self.adapt_posterior(
+            batch.context, batch.forward_map, self._inner_noise(noise), self.inner_steps
+        )
         with torch.no_grad():
             return self.target_loss(v, noise, batch.target, batch.forward_map)
 

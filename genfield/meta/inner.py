@@ -12,7 +12,9 @@ Nesting ``torch.func.grad`` inside ``vmap`` would give the same numbers but not 
 graph for (ii)-(iii).
 
 Learning rates are a float, or a dict of tensors broadcastable against each parameter (Meta-SGD,
-Li et al. 2017: ``phi <- phi - alpha (.) grad``, ``alpha`` learned by the outer loop).
+Li et al. 2017: ``phi <- phi - alpha (.) grad``, ``alpha`` learned by the outer loop). An optional
+``precondition(params, grads) -> grads`` rescales the gradient before the optimizer's update
+(iBaML's variance-preconditioned steps); it changes the path, not the stationary points.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def inner_loop(
     create_graph: bool = False,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    precondition: Callable[[Tree, Tree], Tree] | None = None,
 ) -> Tree:
     """Minimise ``objective`` (a scalar: the sum over signals) for ``steps`` steps from ``init``.
 
@@ -59,6 +62,8 @@ def inner_loop(
             )
         grads = dict(zip(params, grads))
         with torch.set_grad_enabled(create_graph):
+            if precondition is not None:
+                grads = precondition(params, grads)
             if optimizer == "adam":
                 first = {k: betas[0] * first[k] + (1 - betas[0]) * grads[k] for k in params}
                 second = {k: betas[1] * second[k] + (1 - betas[1]) * grads[k] ** 2 for k in params}

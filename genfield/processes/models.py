@@ -70,6 +70,7 @@ from genfield.processes.encoders import (
     TokenTransformer,
 )
 from genfield.processes.likelihoods import bernoulli_log_prob, gaussian_log_prob, observe
+from genfield.processes.local import build_local_features, sample_grid
 from genfield.processes.tokenizers import DEFAULT_TOKENIZER, build_tokenizer, select_tokens
 from genfield.viz.forward_maps import ForwardMap
 
@@ -99,6 +100,9 @@ class ProcessConfig:
     max_tokens: int = 2048
     min_std: float = 0.01
     likelihood: str = "auto"  # "auto" | "gaussian" | "bernoulli"
+    local_features: bool = False
+    local_options: dict[str, Any] = field(default_factory=dict)
+    context_subsample: tuple[int, int] | None = None
     tto_steps: int = 0
     tto_lr: float = 1e-2
     tto_params: str = "latent"  # "latent" | "decoder"
@@ -112,6 +116,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ponp": {"encoder": "transformer", "deterministic": True, "attention": False, "latent_dim": 64},
 }
 
+#: Defaults of a model for one data kind, where a part measurably wins there (see the docstring).
+KIND_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("ponp", "ct"): {"local_features": True, "context_subsample": (1, 20)},
+}
+
 
 @dataclass
 class Conditioning:
@@ -120,6 +129,7 @@ class Conditioning:
     params: Params  # decoder parameters; entries with a leading B are per draw
     code: torch.Tensor | None = None  # (B, d_code) global representation [r, z]
     tokens: torch.Tensor | None = None  # (B, T, width) encoded context, for cross-attention
+    local: torch.Tensor | None = None  # (B, width, R, R) local feature grid (local_features)
 
 
 class NeuralProcess(Reconstructor):
@@ -155,9 +165,14 @@ class NeuralProcess(Reconstructor):
             self.encoder = TokenTransformer(f, width, depth=config.depth, heads=config.heads)
         self.latent = LatentEncoder(width, config.latent_dim) if config.latent_dim else None
         self.cross = CrossAttention(field_config.in_dim, width, config.heads) if config.attention else None
+        self.local = (
+            build_local_features(kind, self.obs_channels, width, **config.local_options)
+            if config.local_features
+            else None
+        )
 
         code_dim = (width if config.deterministic and not config.attention else 0) + config.latent_dim
-        point_dim = width if config.attention else 0
+        point_dim = (width if config.attention else 0) + (width if config.local_features else 0)
         self.code_dim = code_dim
         if modulation != "none":
             n_layers, m = self.decoder.modulation_shape
@@ -187,6 +202,11 @@ class NeuralProcess(Reconstructor):
             raise InputError("process conditioning 'weights' needs encoder 'transformer' and latent_dim 0")
         if config.attention and config.conditioning == "weights":
             raise InputError("process attention needs conditioning 'shift' or 'film'")
+        if config.local_features and config.conditioning == "weights":
+            raise InputError("process local_features needs conditioning 'shift' or 'film'")
+        subsample = config.context_subsample
+        if subsample is not None and not (len(subsample) == 2 and 1 <= subsample[0] <= subsample[1]):
+            raise InputError(f"process context_subsample must be (lo, hi), 1 <= lo <= hi: {subsample}")
         if not (config.deterministic or config.latent_dim or config.attention):
             raise InputError("process needs a deterministic path, a latent path or attention")
         if config.max_tokens < 1 or config.train_samples < 1:
@@ -234,8 +254,17 @@ class NeuralProcess(Reconstructor):
             per_signal[name] = modulated
         return {**params, **per_signal}
 
-    def condition(self, context: Observations, z: torch.Tensor | None, warn: bool = True) -> Conditioning:
-        """The decoder's conditioning from a context and latent draws ``z`` ``(K, S, dz)``."""
+    def condition(
+        self,
+        context: Observations,
+        z: torch.Tensor | None,
+        warn: bool = True,
+        forward_map: ForwardMap | None = None,
+    ) -> Conditioning:
+        """The decoder's conditioning from a context and latent draws ``z`` ``(K, S, dz)``.
+
+        ``forward_map`` (the context's) is needed with ``local_features``: they go through its adjoint.
+        """
         raw = self.tokens(context, warn)
         k = 1 if z is None else z.shape[0]
         if self.config.conditioning == "weights":
@@ -253,7 +282,10 @@ class NeuralProcess(Reconstructor):
             parts.append(rearrange(z, "k s d -> (k s) d"))
         code = torch.cat(parts, dim=-1) if parts else None
         tokens = repeat(encoded, "s t w -> (k s) t w", k=k) if self.cross is not None else None
-        return Conditioning(dict(self.decoder_module.named_parameters()), code, tokens)
+        local = None
+        if self.local is not None:
+            local = repeat(self.local(context, forward_map), "s ... -> (k s) ...", k=k)
+        return Conditioning(dict(self.decoder_module.named_parameters()), code, tokens, local)
 
     def latent_prior(self, context: Observations, warn: bool = True) -> Independent:
         """``q(z | C)``: the latent distribution given the context alone."""
@@ -287,13 +319,16 @@ class NeuralProcess(Reconstructor):
         if self.config.conditioning == "weights":
             return None
         shape = self.decoder.modulation_shape
-        if self.cross is None:
+        if self.cross is None and cond.local is None:
             return self.to_modulation(cond.code).unflatten(-1, shape)  # (B, L, m)
-        per_point = self.cross(points, cond.tokens)  # (B, P, width)
+        parts = []
         if cond.code is not None:
-            code = repeat(cond.code, "b d -> b p d", p=points.shape[1])
-            per_point = torch.cat([code, per_point], dim=-1)
-        return self.to_modulation(per_point).unflatten(-1, shape)  # (B, P, L, m)
+            parts.append(repeat(cond.code, "b d -> b p d", p=points.shape[1]))
+        if self.cross is not None:
+            parts.append(self.cross(points, cond.tokens))  # (B, P, width)
+        if cond.local is not None:
+            parts.append(sample_grid(cond.local, points))  # (B, P, width)
+        return self.to_modulation(torch.cat(parts, dim=-1)).unflatten(-1, shape)  # (B, P, L, m)
 
     def predict_observations(
         self, cond: Conditioning, queries: torch.Tensor, forward_map: ForwardMap, k: int
@@ -340,20 +375,22 @@ class NeuralProcess(Reconstructor):
             raise InputError(f"batch kind {batch.kind!r} does not match the process's {self.kind!r}")
         self.check_observations(batch.context, batch.forward_map, "context")
         self.check_observations(batch.target, batch.forward_map, "target")
-        target, fmap = batch.target, batch.forward_map
+        context, target, fmap = batch.context, batch.target, batch.forward_map
+        if self.config.context_subsample is not None and self.training:
+            context, target = self.subsample_context(context, target)
         n = target.num_observations
         if self.latent is None:
-            cond = self.condition(batch.context, None)
+            cond = self.condition(context, None, forward_map=fmap)
             log_prob, error = self.log_likelihood(cond, target, fmap, 1)
             loss = -log_prob.sum(-1).mean() / n
             return loss, {"loss": loss, "nll": -log_prob.mean(), "mse": error.mean()}
 
         k = self.config.train_samples
-        prior = self.latent_prior(batch.context)
-        posterior = self.latent_posterior(batch.context, target)
+        prior = self.latent_prior(context)
+        posterior = self.latent_posterior(context, target)
         use_prior = self.config.objective == "ml" and self.config.proposal == "prior"
         z = (prior if use_prior else posterior).rsample((k,))  # (K, S, dz)
-        cond = self.condition(batch.context, z, warn=False)
+        cond = self.condition(context, z, warn=False, forward_map=fmap)
         log_prob, error = self.log_likelihood(cond, target, fmap, k)
         data = log_prob.sum(-1)  # (K, S)
         kl = kl_divergence(posterior, prior)  # (S,)
@@ -367,6 +404,43 @@ class NeuralProcess(Reconstructor):
         loss = -objective.mean() / n
         metrics = {"loss": loss, "nll": -log_prob.mean(), "kl": kl.mean(), "mse": error.mean()}
         return loss, metrics
+
+    def subsample_context(
+        self, context: Observations, target: Observations
+    ) -> tuple[Observations, Observations]:
+        """Training with context sizes that vary (``context_subsample = (lo, hi)``), as NPs are trained.
+
+        A count ``n`` in ``[lo, min(hi, U)]`` is drawn per batch (torch's global generator), then each
+        signal keeps ``n`` random units of its ``U`` context units (whole projections for CT, whole
+        views for views, single observations otherwise; the tokenizer's ``unit_size``). The dropped
+        units join the target, so the process is also scored on what it was not shown. A model
+        trained on, say, 20 projections then meets 1 to 8 views at test time within its training
+        distribution.
+        """
+        unit = self.tokenizer.unit_size(context)
+        n_units = context.num_observations // unit
+        lo, hi = self.config.context_subsample
+        hi = min(hi, n_units)
+        keep = int(torch.randint(min(lo, hi), hi + 1, ()))
+        if keep >= n_units:
+            return context, target
+        device = context.queries.device
+        order = torch.rand(context.num_signals, n_units, device=device).argsort(dim=1)
+        within = torch.arange(unit, device=device)
+
+        def take(index: torch.Tensor) -> Observations:
+            rows = rearrange(index.sort(dim=1).values[..., None] * unit + within, "s n u -> s (n u)")
+            return Observations(
+                torch.gather(context.queries, 1, repeat(rows, "s m -> s m q", q=context.queries.shape[-1])),
+                torch.gather(context.values, 1, repeat(rows, "s m -> s m c", c=context.values.shape[-1])),
+            )
+
+        dropped = take(order[:, keep:])
+        target = Observations(
+            torch.cat([target.queries, dropped.queries], dim=1),
+            torch.cat([target.values, dropped.values], dim=1),
+        )
+        return take(order[:, :keep]), target
 
     def compute_gradients(self, batch: SignalBatch) -> dict[str, torch.Tensor]:
         """Backpropagate the training loss of ``batch`` into ``.grad``; return detached metrics."""
@@ -397,7 +471,8 @@ class NeuralProcess(Reconstructor):
                 for n, v in params.items()
             }
             variables = list(params.values())
-        refined = Conditioning(params, code, tokens)
+        local = None if cond.local is None else cond.local.detach()
+        refined = Conditioning(params, code, tokens, local)
         optimizer = torch.optim.Adam(variables, lr=self.config.tto_lr)
         with torch.enable_grad():
             for _ in range(steps):
@@ -409,6 +484,7 @@ class NeuralProcess(Reconstructor):
             {n: v.detach() for n, v in params.items()},
             None if code is None else code.detach(),
             tokens,
+            local,
         )
 
     @torch.no_grad()
@@ -429,7 +505,7 @@ class NeuralProcess(Reconstructor):
             self.check_observations(probe, query_map, "query")
         k = num_samples if self.latent is not None else 1
         z = self.latent_prior(context).sample((k,)) if self.latent is not None else None
-        cond = self.condition(context, z)
+        cond = self.condition(context, z, forward_map=context_map)
         cond = self.refine(cond, context, context_map, k, self.config.tto_steps if steps is None else steps)
         means, stds = [], []
         for chunk in queries.split(self.config.query_chunk, dim=1):
@@ -460,16 +536,31 @@ def build_process(
             ``attenuation`` CT, ``occupancy``/``sdf`` shapes, ``radiance`` views); the decoder copies its
             architecture with an identity head and the process's conditioning.
         kind: ``image``, ``ct``, ``shape`` or ``views`` (selects the tokenizer).
-        **options: :class:`ProcessConfig` fields overriding the preset.
+        **options: :class:`ProcessConfig` fields overriding the preset and :data:`KIND_PRESETS`;
+            ``by_kind={kind: {...}}`` holds further overrides that apply to one data kind only
+            (so one method config serves every kind).
+
+    Precedence: ``PRESETS[name]`` < ``KIND_PRESETS[(name, kind)]`` < ``options`` <
+    ``options["by_kind"][kind]``.
     """
     if name not in PRESETS:
         raise unknown_name("neural process", name, MODELS)
+    by_kind = dict(options.pop("by_kind", None) or {})
+    unknown_kinds = set(by_kind) - set(KINDS)
+    if unknown_kinds:
+        raise InputError(f"process by_kind has unknown kind(s) {sorted(unknown_kinds)}; valid: {KINDS}")
+    options = {**KIND_PRESETS.get((name, kind), {}), **options, **dict(by_kind.get(kind) or {})}
     known = {f.name for f in fields(ProcessConfig)}
     unknown = set(options) - known
     if unknown:
         raise InputError(f"unknown process option(s) {sorted(unknown)}; valid: {sorted(known)}")
     if "weight_layers" in options:
         options["weight_layers"] = tuple(options["weight_layers"])
+    if options.get("context_subsample") is not None:
+        options["context_subsample"] = tuple(int(v) for v in options["context_subsample"])
+    for key in ("tokenizer_options", "local_options"):
+        if key in options:
+            options[key] = dict(options[key] or {})
     config = ProcessConfig(model=name, **{**PRESETS[name], **options})
     field_config = (
         field_config_or_field.config if isinstance(field_config_or_field, Field) else field_config_or_field

@@ -41,6 +41,10 @@ class PointTokenizer:
     def __call__(self, obs: Observations) -> torch.Tensor:
         return torch.cat([obs.queries, obs.values], dim=-1)
 
+    def unit_size(self, obs: Observations) -> int:
+        """Observations per unit of context (one token): 1."""
+        return 1
+
 
 class PointCloudTokenizer:
     """One token per point of an unlabelled point cloud: its coordinates only."""
@@ -50,6 +54,10 @@ class PointCloudTokenizer:
 
     def __call__(self, obs: Observations) -> torch.Tensor:
         return obs.queries
+
+    def unit_size(self, obs: Observations) -> int:
+        """Observations per unit of context: 1 (one point)."""
+        return 1
 
 
 def angle_features(angles: torch.Tensor, n_frequencies: int) -> torch.Tensor:
@@ -88,9 +96,13 @@ class ProjectionTokenizer:
         self.n_detectors = n_detectors
         self.feature_dim = 2 * n_frequencies + n_bins * value_dim
 
+    def unit_size(self, obs: Observations) -> int:
+        """Observations per unit of context: the ``D`` bins of one projection."""
+        return self.n_detectors or count_leading_equal(obs.queries[0, :, 0])
+
     def __call__(self, obs: Observations) -> torch.Tensor:
         n_obs = obs.num_observations
-        d = self.n_detectors or count_leading_equal(obs.queries[0, :, 0])
+        d = self.unit_size(obs)
         if n_obs % d:
             raise InputError(
                 f"CT context has {n_obs} observations, not a whole number of projections of {d} "
@@ -126,6 +138,11 @@ class PatchTokenizer:
         if side * side != pixels:
             raise InputError(f"views context: {pixels} rays per view is not a square image; pass image_size")
         return side, side
+
+    def unit_size(self, obs: Observations) -> int:
+        """Observations per unit of context: the ``H * W`` rays of one whole view."""
+        h, w = self._image_size(obs)
+        return h * w
 
     def __call__(self, obs: Observations) -> torch.Tensor:
         h, w = self._image_size(obs)

@@ -113,6 +113,65 @@ class ParallelBeamProjection:
         values = rearrange(values, "... (n k) c -> ... n k c", k=self.n_samples)
         return (values * mask).sum(dim=-2) * weight
 
+    def backproject_views(
+        self,
+        queries: torch.Tensor,
+        values: torch.Tensor,
+        points: torch.Tensor,
+        n_detectors: int,
+        filter_name: str | None = None,
+        offsets: tuple[float, ...] = (0.0,),
+    ) -> torch.Tensor:
+        """Per-view back-projection of measurements onto points: the adjoint of this map, unsummed.
+
+        The adjoint of the Radon transform is ``(P^T y)(x) = sum_a y_a(x . e_perp(theta_a))``
+        (Kak & Slaney, eq. 3.45 without the filter): every projection smears its profile back along
+        its rays. This returns the terms of that sum, view by view, optionally filtered first
+        (``filter_name="ramp"``: ``(pi / A)`` times their sum is FBP at ``x``, :func:`fbp`) and read
+        at detector offsets ``t(x) + o * (2 / D)`` for each ``o`` in ``offsets`` (a window of
+        neighbouring bins, so a learned per-view function can act as a filter).
+
+        Args:
+            queries: ``(..., A * D, 2)`` angle-major ``(theta, t)`` at detector-bin centres
+                (:func:`ct_queries`).
+            values: ``(..., A * D, c)`` the measurements.
+            points: ``(..., P, 2)`` (row, column) points of the field domain.
+            n_detectors: ``D``, bins per projection.
+            filter_name: an FBP filter (:data:`FILTERS`) applied along each profile, or ``None``.
+            offsets: detector offsets in bins; values beyond the outer bin centres read as 0.
+
+        Returns:
+            ``(..., P, A, len(offsets) * c)`` with channels ordered (offset, channel).
+        Pure tensor code (no host syncs): runs under ``torch.func.vmap``.
+        """
+        angles = rearrange(queries[..., 0], "... (a d) -> ... a d", d=n_detectors)[..., 0]
+        sinogram = rearrange(values, "... (a d) c -> ... c a d", d=n_detectors)
+        if filter_name is not None:
+            sinogram = filter_sinogram(sinogram, filter_name)
+        cos, sin = torch.cos(angles)[..., None, :], torch.sin(angles)[..., None, :]  # (..., 1, A)
+        t = points[..., 1:2] * cos - points[..., 0:1] * sin  # (..., P, A)
+        shift = torch.tensor(offsets, dtype=t.dtype, device=t.device)
+        position = (t[..., None] + 1) * (n_detectors / 2) - 0.5 + shift  # (..., P, A, O)
+        valid = (position >= 0) & (position <= n_detectors - 1)
+        low = position.floor().clamp(0, max(n_detectors - 2, 0))
+        frac = position - low
+        low = low.long()
+        high = (low + 1).clamp(max=n_detectors - 1)
+        # gather per (channel, view): index (..., c, A, P * O) into the sinogram (..., c, A, D)
+        n_points, n_off = position.shape[-3], position.shape[-1]
+        to_index = "... p a o -> ... a (p o)"
+        c = sinogram.shape[-3]
+
+        def read(index: torch.Tensor) -> torch.Tensor:
+            index = rearrange(index, to_index).unsqueeze(-3)
+            index = index.expand(*index.shape[:-3], c, *index.shape[-2:])
+            return sinogram.gather(-1, index)
+
+        frac = rearrange(frac, to_index).unsqueeze(-3)
+        valid = rearrange(valid, to_index).unsqueeze(-3)
+        sampled = (read(low) * (1 - frac) + read(high) * frac) * valid
+        return rearrange(sampled, "... c a (p o) -> ... p a (o c)", p=n_points, o=n_off)
+
 
 def image_field(images: torch.Tensor) -> FieldFn:
     """The bilinear interpolant of pixel images ``(S, H, W, C)`` as a field on [-1, 1]^2.
