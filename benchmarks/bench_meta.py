@@ -30,6 +30,7 @@ from genfield.datasets.builtin import builtin_faces
 from genfield.datasets.images import ImageSplit
 from genfield.fields import build_field
 from genfield.meta import MetaStepSkipped, build_meta_learner
+from genfield.profiling import measure
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,46 +45,12 @@ OPTIONS = {
 }
 
 
-class SavedTensorAccount:
-    """Live and peak bytes of the tensors autograd holds for backward (CPU memory proxy)."""
-
-    def __init__(self) -> None:
-        self.live = self.peak = 0
-
-    def _pack(self, tensor: torch.Tensor):
-        account, size = self, tensor.numel() * tensor.element_size()
-
-        class Held:
-            def __init__(self) -> None:
-                self.tensor = tensor
-                account.live += size
-                account.peak = max(account.peak, account.live)
-
-            def __del__(self) -> None:
-                account.live -= size
-
-        return Held()
-
-    def hooks(self):
-        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda held: held.tensor)
-
-
-def measure(learner, batch, device: str) -> tuple[float, float]:
-    """(peak bytes, seconds) of one meta-gradient."""
-    account = SavedTensorAccount()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    with account.hooks(), warnings.catch_warnings():
+def measure_gradient(learner, batch, device: str) -> tuple[float, float]:
+    """(peak bytes, seconds) of one meta-gradient (:func:`genfield.profiling.measure`)."""
+    with measure(device) as cost, warnings.catch_warnings():
         warnings.simplefilter("ignore", MetaStepSkipped)
         learner.meta_gradient(batch)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = account.peak
-    return float(peak), time.perf_counter() - start
+    return cost.peak_bytes, cost.seconds
 
 
 def main() -> None:
@@ -111,8 +78,8 @@ def main() -> None:
         rows = []
         for k in KS:
             learner = build_meta_learner(name, field, inner_steps=k, **OPTIONS[name]).to(device)
-            measure(learner, batch, device)  # warm-up
-            peak, seconds = measure(learner, batch, device)
+            measure_gradient(learner, batch, device)  # warm-up
+            peak, seconds = measure_gradient(learner, batch, device)
             rows.append({"K": k, "peak_bytes": peak, "seconds": seconds})
             print(f"{name:7s} K={k:4d} peak {peak / 2**20:9.2f} MiB  {seconds:7.3f} s", flush=True)
         ratio = rows[-1]["peak_bytes"] / rows[0]["peak_bytes"]

@@ -45,6 +45,11 @@ class Reconstructor(nn.Module, ABC):
     #: Whether the method's gradients need double backward through the field (MAML, iMAML, iBaML).
     needs_double_backward: bool = False
 
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """Parameter groups for the trainer's Adam (override to give some parameters their own
+        learning rate, e.g. a prior's log-variance); by default one group at ``lr``."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
     @abstractmethod
     def compute_gradients(self, batch: SignalBatch) -> dict[str, torch.Tensor]:
         """Accumulate the training gradient of ``batch`` into ``.grad``; return detached metrics."""

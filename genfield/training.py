@@ -158,7 +158,7 @@ def train(
     parameters = [p for p in method.parameters() if p.requires_grad]
     if not parameters:  # nothing is learned across signals (the random-init baseline)
         return TrainResult(steps=0)
-    optimizer = torch.optim.Adam(parameters, lr=config.lr)
+    optimizer = torch.optim.Adam(method.optimizer_groups(config.lr), lr=config.lr)
     device = device or (parameters[0].device if parameters else torch.device("cpu"))
     start = 0
     if resume and checkpoint.is_file():

@@ -68,9 +68,12 @@ def test_meta_training_improves_heldout_psnr(name):
     assert after > before + 1.0, (before, after)
 
 
-@pytest.mark.xfail(reason="iBaML meta-training does not yet improve held-out PSNR at this size "
-                   "(see the meta helper's report); the gradient itself is verified exactly in "
-                   "test_meta_gradients.py", strict=False)
+@pytest.mark.xfail(reason="iBaML: meta-steps no longer skip (Gauss-Newton + Jacobi-preconditioned "
+                   "CG) and fresh inner noise stops the posterior overfitting its draws, but 30 "
+                   "steps move held-out PSNR by < 0.3 dB and std(observed) ~ std(unobserved): the "
+                   "prior variance learns too slowly at one Adam rate (see the meta helper's "
+                   "report); the gradient itself is verified exactly in test_meta_gradients.py",
+                   strict=False)
 def test_ibaml_training_uncertainty_and_calibration():
     torch.manual_seed(0)
     field = build_field("siren", head="grey", hidden=32, n_layers=2)
