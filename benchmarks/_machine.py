@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +51,18 @@ def save_results(name: str, results: Any, device: str = "cpu") -> Path:
     path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}")
     return path
+
+
+def median_seconds(fn: Callable[[], Any], reps: int, device: str = "cpu") -> float:
+    """Median wall time of ``fn()`` over ``reps`` runs after one warm-up run (CUDA synchronised)."""
+    times = []
+    for rep in range(reps + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if rep:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)

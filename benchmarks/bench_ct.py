@@ -21,50 +21,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
-from benchmarks._machine import save_results
+from benchmarks._machine import median_seconds, save_results
+from genfield.fields import build_field
 from genfield.viz.ct import ParallelBeamProjection, as_sinogram, ct_queries, fbp, project_image
-
-
-class Sine(nn.Module):
-    def __init__(self, omega0: float = 30.0) -> None:
-        super().__init__()
-        self.omega0 = omega0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sin(self.omega0 * x)
-
-
-def siren(width: int = 128, hidden_layers: int = 3) -> nn.Module:
-    layers: list[nn.Module] = [nn.Linear(2, width), Sine()]
-    for _ in range(hidden_layers - 1):
-        layers += [nn.Linear(width, width), Sine(1.0)]
-    return nn.Sequential(*layers, nn.Linear(width, 1))
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn: Callable[[], Any], reps: int, device: str) -> float:
-    """Median wall time of ``fn()`` over ``reps`` runs after one warm-up run."""
-    times = []
-    for rep in range(reps + 1):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        if rep:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run(angles: int, detectors: int, samples: int, reps: int, device: str) -> dict[str, Any]:
@@ -73,7 +36,9 @@ def run(angles: int, detectors: int, samples: int, reps: int, device: str) -> di
     queries = ct_queries(theta, detectors)
     n_rays = queries.shape[0]
     projector = ParallelBeamProjection(n_samples=samples)
-    field = siren().to(device)
+    siren = build_field("siren", head="grey", hidden=128, n_layers=3).to(device)
+    params = {k: v.requires_grad_() for k, v in siren.init(0, device=device).items()}
+    field = siren.bind(params)
 
     def field_forward() -> None:
         with torch.no_grad():
@@ -81,7 +46,8 @@ def run(angles: int, detectors: int, samples: int, reps: int, device: str) -> di
 
     def field_backward() -> None:
         projector(field, queries).square().mean().backward()
-        field.zero_grad(set_to_none=True)
+        for p in params.values():
+            p.grad = None
 
     axis = torch.linspace(-1, 1, detectors, device=device)
     image = torch.exp(-8 * (axis[:, None] ** 2 + 0.5 * axis[None, :] ** 2))[None]

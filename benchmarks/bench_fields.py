@@ -12,31 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import torch
 
-from benchmarks._machine import save_results
+from benchmarks._machine import median_seconds, save_results
 from genfield.fields import FIELD_PRESETS, build_field
 from genfield.fields.field import build_encoding, field_config
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def median_seconds(work, reps: int, device: str) -> float:
-    times = []
-    for rep in range(reps + 1):  # the first repetition warms up
-        _sync(device)
-        began = time.perf_counter()
-        work()
-        _sync(device)
-        if rep:
-            times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -21,36 +21,16 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks._machine import save_results
+from benchmarks._machine import median_seconds, save_results
 from genfield.datasets.views import look_at, random_primitives, raycast_rgba
 from genfield.fields import build_field
 from genfield.viz.volume import VolumeRenderer, camera_rays, ray_queries
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn: Callable[[], Any], reps: int, device: str) -> float:
-    """Median wall time of ``fn()`` over ``reps`` runs after one warm-up run."""
-    times = []
-    for rep in range(reps + 1):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        if rep:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def rays_of_views(n_rays: int, device: str) -> torch.Tensor:
