@@ -241,6 +241,8 @@ def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
 def _tensorboard(out_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # pragma: no cover - optional extra
-        return None
+    except ImportError as error:
+        raise InputError(
+            "train.tensorboard=true needs the tensorboard package: pip install 'genfield[tensorboard]'"
+        ) from error
     return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
