@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from test_meta_gradients import _ibaml_dense, flat, tiny_batch, tiny_field
+from test_meta_gradients import OLD_IBAML, _ibaml_dense, flat, tiny_batch, tiny_field
 
 from genfield.datasets.batch import Observations
 from genfield.errors import InputError
@@ -27,10 +27,13 @@ def float64_one_thread():
 
 
 def sgd_ibaml(**options):
-    settings = dict(
-        inner_optimizer="sgd", inner_lr=2e-3, inner_lr_logvar=0.5, prior_std=0.3, obs_noise=0.2,
-        mc_samples=2, noise_seed=3, cg_iterations=300, cg_tol=1e-10,
-    )
+    settings = {
+        **OLD_IBAML,
+        **dict(
+            inner_optimizer="sgd", inner_lr=2e-3, inner_lr_logvar=0.5, prior_std=0.3,
+            obs_noise=0.2, mc_samples=2, noise_seed=3, cg_iterations=300, cg_tol=1e-10,
+        ),
+    }
     return build_meta_learner("ibaml", tiny_field(), **{**settings, **options})
 
 
@@ -133,6 +136,7 @@ def test_adapting_only_a_latent_gives_shared_weights_the_total_gradient(name):
     batch = tiny_batch(2)
     options = dict(inner_steps=400, adapt_keys="latent")
     if name == "ibaml":
+        options.update(OLD_IBAML)
         options.update(prior_std=0.3, obs_noise=0.2, noise_seed=1, inner_optimizer="sgd",
                        inner_lr=3e-3, inner_lr_logvar=0.3, cg_iterations=100, cg_tol=1e-10)
     elif name == "imaml":

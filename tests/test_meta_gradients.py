@@ -193,11 +193,17 @@ def test_imaml_matches_dense_solve_and_finite_differences():
 
 
 # -- iBaML ---------------------------------------------------------------------------------------
+#: The exact-gradient checks below solve a fixed-noise inner problem with the full Hessian; pin the
+#: settings they were written for (the training defaults are SGD, Gauss-Newton, learned noise).
+OLD_IBAML = dict(
+    inner_optimizer="adam", precondition="none", curvature="hessian", learn_obs_noise=False,
+    antithetic=False, inner_lr_logvar=None,
+)
 def _ibaml_setup(num_signals=1, **options):
     batch = tiny_batch(num_signals)
     settings = dict(
         inner_steps=300, inner_lr=1e-2, prior_std=0.3, obs_noise=0.2, mc_samples=2,
-        noise_seed=3, cg_iterations=300, cg_tol=1e-10,
+        noise_seed=3, cg_iterations=300, cg_tol=1e-10, **OLD_IBAML,
     )
     learner = build_meta_learner("ibaml", tiny_field(), **{**settings, **options})
     noise = learner.draw_noise(batch.num_signals)

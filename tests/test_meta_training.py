@@ -34,7 +34,7 @@ def one_thread():
 def meta_train(learner, steps: int, lr: float, size: int = 16) -> None:
     train = list(builtin_faces("train", size=size))
     split, g = ImageSplit(context_fraction=0.25), torch.Generator().manual_seed(0)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(learner.optimizer_groups(lr), lr=lr)  # iBaML: own log-var rate
     for _ in range(steps):
         index = torch.randperm(len(train), generator=g)[:8].tolist()
         optimizer.zero_grad()
@@ -68,29 +68,37 @@ def test_meta_training_improves_heldout_psnr(name):
     assert after > before + 1.0, (before, after)
 
 
-@pytest.mark.xfail(reason="iBaML: meta-steps no longer skip (Gauss-Newton + Jacobi-preconditioned "
-                   "CG) and fresh inner noise stops the posterior overfitting its draws, but 30 "
-                   "steps move held-out PSNR by < 0.3 dB and std(observed) ~ std(unobserved): the "
-                   "prior variance learns too slowly at one Adam rate (see the meta helper's "
-                   "report); the gradient itself is verified exactly in test_meta_gradients.py",
-                   strict=False)
-def test_ibaml_training_uncertainty_and_calibration():
+@pytest.fixture(scope="module")
+def trained_ibaml():
+    """iBaML with its defaults (configs/method/ibaml.yaml), 30 meta-steps; the held-out prediction."""
     torch.manual_seed(0)
     field = build_field("siren", head="grey", hidden=32, n_layers=2)
-    learner = build_meta_learner(
-        "ibaml", field, inner_steps=10, prior_std=0.02, inner_lr=0.05, inner_lr_logvar=0.5,
-        learn_obs_noise=True, curvature="gauss_newton",
-    )
+    learner = build_meta_learner("ibaml", field, inner_steps=5)
     batch = held_out()
     before = heldout_psnr(learner, batch)
-    meta_train(learner, steps=30, lr=3e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MetaStepSkipped)
+        meta_train(learner, steps=30, lr=3e-3)
     pred = learner.reconstruct(batch.context, batch.forward_map, batch.target.queries,
                                batch.forward_map, num_samples=64)
-    assert psnr(pred.mean, batch.target.values).mean().item() > before + 1.0
     observed = torch.zeros(pred.mean.shape[:2], dtype=torch.bool)
     observed.scatter_(1, batch.extras["context_index"], True)
+    return batch, before, pred, observed
+
+
+def test_ibaml_training_improves_psnr_with_calibrated_intervals(trained_ibaml):
+    batch, before, pred, observed = trained_ibaml
+    assert psnr(pred.mean, batch.target.values).mean().item() > before + 1.0
     std = pred.std[..., 0]
-    assert std[~observed].mean() > std[observed].mean()
     inside = ((pred.mean - batch.target.values).abs()[..., 0] <= 1.645 * std)[~observed]
     coverage = inside.double().mean().item()
     assert 0.80 <= coverage <= 0.98, coverage
+
+
+@pytest.mark.xfail(reason="iBaML's mean-field posterior barely contracts at observed pixels after K=5 "
+                   "steps: std(unobserved) - std(observed) is ~1e-4 (0.1 %) and its sign changes "
+                   "with the initialisation seed (seeds 0, 1, 3 pass; 2 fails)", strict=False)
+def test_ibaml_std_larger_on_unobserved_pixels(trained_ibaml):
+    _, _, pred, observed = trained_ibaml
+    std = pred.std[..., 0]
+    assert std[~observed].mean() > std[observed].mean()

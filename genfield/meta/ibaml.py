@@ -105,7 +105,7 @@ class IBaML(MetaLearner):
     """iBaML; see the module docstring for the model and the meta-gradient.
 
     Options beyond :class:`MetaLearner`'s: ``prior_std`` (initial prior standard deviation),
-    ``inner_lr_logvar`` (inner learning rate of ``rho``; defaults to ``inner_lr``), ``mc_samples``,
+    ``inner_lr_logvar`` (inner learning rate of ``rho``; ``None``: ``inner_lr``), ``mc_samples``,
     ``obs_noise`` (sigma), ``learn_obs_noise``, ``cg_iterations``, ``cg_damping``, ``cg_tol``,
     ``curvature`` (``hessian`` or ``gauss_newton``), ``noise_seed`` (draw the Monte-Carlo noise
     from this seed at every meta-step: common random
@@ -121,22 +121,25 @@ class IBaML(MetaLearner):
         self,
         field,
         *,
-        prior_std: float = 0.01,
-        inner_lr_logvar: float | None = None,
+        prior_std: float = 0.0125,
+        inner_lr_logvar: float | None = 1.0,
         mc_samples: int = 2,
         obs_noise: float = 0.1,
-        learn_obs_noise: bool = False,
+        learn_obs_noise: bool = True,
         cg_iterations: int = 20,
         cg_damping: float = 0.0,
         cg_tol: float = 0.1,
         noise_seed: int | None = None,
         predictive_noise: bool = True,
-        inner_optimizer: str = "adam",
-        inner_lr: float = 1e-2,
-        curvature: str = "hessian",
+        inner_optimizer: str = "sgd",
+        inner_lr: float = 0.6,
+        curvature: str = "gauss_newton",
         inner_noise: str = "fresh",
-        precondition: str = "none",
+        precondition: str = "prior",
         relative_prior: bool = False,
+        lr_scale_logvar: float = 30.0,
+        lr_scale_obs_noise: float = 5.0,
+        antithetic: bool = True,
         **options,
     ) -> None:
         if options.pop("meta_sgd", False):
@@ -175,6 +178,13 @@ class IBaML(MetaLearner):
         self.inner_lr_logvar = self.inner_lr if inner_lr_logvar is None else inner_lr_logvar
         self.mc_samples, self.noise_seed, self.predictive_noise = mc_samples, noise_seed, predictive_noise
         self.cg_iterations, self.cg_damping, self.cg_tol = cg_iterations, cg_damping, cg_tol
+        if lr_scale_logvar <= 0 or lr_scale_obs_noise <= 0:
+            raise InputError(
+                f"lr_scale_logvar={lr_scale_logvar} lr_scale_obs_noise={lr_scale_obs_noise}: "
+                "need positive values"
+            )
+        self.lr_scale_logvar, self.lr_scale_obs_noise = lr_scale_logvar, lr_scale_obs_noise
+        self.antithetic = antithetic
 
     # -- parameters -----------------------------------------------------------------------------
     def meta_parameters(self) -> dict[str, nn.Parameter]:
@@ -187,6 +197,21 @@ class IBaML(MetaLearner):
             named["log_sigma"] = self.log_sigma
         return named
 
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """Adam groups: the prior log-variance at ``lr_scale_logvar * lr`` and a learned noise at
+        ``lr_scale_obs_noise * lr``, everything else at ``lr``. Adam moves each parameter by about
+        its rate per step, and a log-variance must travel several nats (a weight's data-to-prior
+        balance, ``e^l N / sigma^2``, spans decades) while the mean moves by small fractions of a
+        weight: one rate for both leaves the variance frozen."""
+        named = self.meta_parameters()
+        logvar = [p for k, p in named.items() if k.startswith("prior_logvar/")]
+        noise = [p for k, p in named.items() if k == "log_sigma"]
+        rest = [p for k, p in named.items() if not k.startswith("prior_logvar/") and k != "log_sigma"]
+        groups = [{"params": rest, "lr": lr}, {"params": logvar, "lr": lr * self.lr_scale_logvar}]
+        if noise:
+            groups.append({"params": noise, "lr": lr * self.lr_scale_obs_noise})
+        return groups
+
     def prior(self) -> tuple[Tree, Tree]:
         """The prior mean and log-variance ``({name: m}, {name: l})``."""
         unkey = lambda store: {k.replace("__", "."): p for k, p in store.items()}  # noqa: E731
@@ -197,20 +222,28 @@ class IBaML(MetaLearner):
         return self.log_sigma.exp()
 
     def draw_noise(self, num_signals: int, num_samples: int | None = None) -> Tree:
-        """Standard normal noise ``{name: (M, S, ...)}`` for the reparameterisation."""
+        """Standard normal noise ``{name: (M, S, ...)}`` for the reparameterisation.
+
+        With ``antithetic`` and an even ``M``, the draws come in pairs ``(eps, -eps)``: the
+        residual term ``eps . grad NLL(mu)`` of the log-variance gradient, which is zero in
+        expectation but ~10x the curvature signal ``e^{rho} h`` for an unfitted field, cancels
+        exactly, and so does the first-order noise of the mean's gradient."""
         m, _ = self.prior()
         num_samples = self.mc_samples if num_samples is None else num_samples
         generator = None
         if self.noise_seed is not None:
             device = next(iter(m.values())).device
             generator = torch.Generator(device).manual_seed(self.noise_seed)
-        return {
+        pairs = self.antithetic and num_samples % 2 == 0
+        draws = num_samples // 2 if pairs else num_samples
+        noise = {
             k: torch.randn(
-                (num_samples, num_signals, *p.shape), generator=generator, dtype=p.dtype,
+                (draws, num_signals, *p.shape), generator=generator, dtype=p.dtype,
                 device=p.device,
             )
             for k, p in m.items()
         }
+        return {k: torch.cat([e, -e]) for k, e in noise.items()} if pairs else noise
 
     # -- objectives -----------------------------------------------------------------------------
     def sample_observations(
@@ -267,6 +300,14 @@ class IBaML(MetaLearner):
         curvature ``diag(H_nll) + e^{-l}`` of ``F`` in ``mu`` (Gaussian variational fixed point),
         so the step is a diagonal Newton step (as in variational online Gauss-Newton). Both leave
         the stationary points of ``F`` — and so the implicit meta-gradient — unchanged.
+
+        The log-variance gradient is ``g = dF/drho = 1/2 (e^{rho} (e^{-l} + h) - 1)`` with ``h`` the
+        (Monte-Carlo, reparameterised) data curvature of the weight, so the fixed point
+        ``e^{-rho*} = e^{-l} + h`` lies at ``rho* - rho = -log(1 + 2 g)``. The step on ``rho`` is
+        ``0.5 log(1 + 2 g)`` (``1 + 2 g`` clipped below at ``e^-2`` against noisy ``h``) times
+        ``inner_lr_logvar``: equal to ``g`` for small ``g``, and ``inner_lr_logvar = 2`` jumps to the
+        fixed point, but logarithmic where ``h`` is large (a SIREN's first layer: ``e^l h ~ 100``),
+        where a plain gradient step would send the variance to ``e^{-50}``. Zero iff ``g = 0``.
         """
         if self.precondition == "none" or self.inner_optimizer == "adam":
             return None  # Adam: see _mean_rates
@@ -275,7 +316,8 @@ class IBaML(MetaLearner):
         def precondition(v: Tree, grads: Tree) -> Tree:
             out = dict(grads)
             for k, g in grads.items():
-                if not k.startswith("mu/"):
+                if k.startswith("rho/"):  # log fixed-point step: stable where the data curvature is large
+                    out[k] = 0.5 * torch.log((1 + 2 * g).clamp_min(math.exp(-2)))
                     continue
                 if self.precondition == "prior":
                     scale = l[k[3:]] if create_graph else l[k[3:]].detach()
