@@ -17,7 +17,7 @@ import functools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,10 @@ def shard(batch: SignalBatch, rank: int, world: int) -> SignalBatch:
     if batch.num_signals % world:
         raise InputError(f"data.batch_size={batch.num_signals} does not split evenly over {world} ranks")
     per_rank = batch.num_signals // world
-    return batch.select(slice(rank * per_rank, (rank + 1) * per_rank))
+    part = batch.select(slice(rank * per_rank, (rank + 1) * per_rank))
+    # where this shard sits in the global batch: methods that draw per-signal Monte-Carlo noise draw
+    # it for the whole batch and keep their share, so N ranks match one process exactly
+    return replace(part, extras={**part.extras, "shard": (rank * per_rank, batch.num_signals)})
 
 
 def all_reduce_gradients(

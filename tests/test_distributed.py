@@ -35,7 +35,6 @@ from genfield.datasets.images import ImageSplit
 from genfield.errors import InputError
 from genfield.fields import build_field
 from genfield.meta import build_meta_learner
-from genfield.meta.ibaml import IBaML
 from genfield.processes import NeuralProcess, build_process
 from genfield.training import all_reduce_gradients, shard
 
@@ -58,24 +57,6 @@ def per_signal_normal(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
     """``(*shape[:1], S, *shape[1:])`` standard normals; signal ``s`` from its own generator."""
     draws = [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
     return torch.stack(draws, dim=1)
-
-
-class PerSignalIBaML(IBaML):
-    """iBaML whose reparameterisation noise is a function of the signal, not its batch position
-    (a fresh draw at every call, as with ``inner_noise="fresh"``: the call number is in the key)."""
-
-    def _outer_and_gradient(self, batch):
-        self._seeds, self._calls = signal_seeds(batch), 0
-        return super()._outer_and_gradient(batch)
-
-    def draw_noise(self, num_signals, num_samples=None):
-        m, _ = self.prior()
-        k = self.mc_samples if num_samples is None else num_samples
-        self._calls += 1
-        return {
-            name: per_signal_normal([s + 1000 * i + self._calls for s in self._seeds], (k, *p.shape))
-            for i, (name, p) in enumerate(m.items())
-        }
 
 
 class PerSignalLatent(Independent):
@@ -106,8 +87,9 @@ def build(name: str):
     if name == "maml":
         return build_meta_learner("maml", field, inner_steps=2, inner_lr=0.1)
     if name == "ibaml":
-        return PerSignalIBaML(
-            field, inner_steps=2, mc_samples=2, cg_iterations=5, cg_damping=1.0, cg_tol=0.5
+        # the stock learner: on a shard it draws the whole batch's noise and keeps its share
+        return build_meta_learner(
+            "ibaml", field, inner_steps=2, mc_samples=2, cg_iterations=5, cg_damping=1.0, cg_tol=0.5
         )
     model = build_process("ponp", field, "image", width=16, depth=1, heads=2, latent_dim=4,
                           train_samples=2)

@@ -236,11 +236,13 @@ class IBaML(MetaLearner):
             generator = torch.Generator(device).manual_seed(self.noise_seed)
         pairs = self.antithetic and num_samples % 2 == 0
         draws = num_samples // 2 if pairs else num_samples
+        # On a shard of a distributed meta-batch, draw for the whole batch and keep this rank's
+        # signals: each signal gets the noise it would get in one process (exact equivalence).
+        offset, total = getattr(self, "_shard", None) or (0, num_signals)
         noise = {
             k: torch.randn(
-                (draws, num_signals, *p.shape), generator=generator, dtype=p.dtype,
-                device=p.device,
-            )
+                (draws, total, *p.shape), generator=generator, dtype=p.dtype, device=p.device
+            )[:, offset : offset + num_signals]
             for k, p in m.items()
         }
         return {k: torch.cat([e, -e]) for k, e in noise.items()} if pairs else noise
@@ -453,11 +455,15 @@ class IBaML(MetaLearner):
         return grads, metrics
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
-        noise = self.draw_noise(batch.num_signals)
-        v = self.adapt_posterior(
-            batch.context, batch.forward_map, self._inner_noise(noise), self.inner_steps
-        )
-        return self.implicit_gradient(v, noise, batch)
+        self._shard = batch.extras.get("shard")  # (offset, global size) under torch.distributed
+        try:
+            noise = self.draw_noise(batch.num_signals)
+            v = self.adapt_posterior(
+                batch.context, batch.forward_map, self._inner_noise(noise), self.inner_steps
+            )
+            return self.implicit_gradient(v, noise, batch)
+        finally:
+            self._shard = None
 
     def outer_loss(self, batch: SignalBatch) -> torch.Tensor:
         noise = self.draw_noise(batch.num_signals)
