@@ -7,7 +7,6 @@ fitted from random initialisation for images, trivial occupancy for shapes, a co
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from genfield.datasets.batch import Observations, SignalBatch
@@ -36,12 +35,16 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse)
 
 
-@pytest.mark.xfail(
-    reason="measured at r=24, 250 steps: PONP 15.2 dB (15.4 dB with 100 TTO steps) vs FBP 20.5 dB at 8 "
-    "views; the encoder has not learned to use the projections in this budget (needs longer training)",
-    strict=False,
-)
 def test_ct_ponp_beats_fbp_at_eight_views_on_held_out_phantoms():
+    """PONP's CT default: local features through the adjoint of the projector (per-view
+    back-projections of the context, pooled; genfield/processes/local.py), training contexts of
+    1..20 of the 20 random views, and test-time optimisation of the decoder on the context.
+
+    Measured (r = 24, 6 held-out phantoms, PSNR dB, one pass / 100 TTO steps / FBP), window 4:
+    1 view 12.7 / 14.1 / 7.6; 2: 15.1 / 16.7 / 11.5; 4: 18.2 / 18.6 / 16.1; 8: 19.6 / 21.4 / 20.5
+    (window 2: 8 views 19.2 / 21.1; width 64: 19.9 / 21.8 at 1.5x the training time).
+    Without local features (the global code alone) every view count gave ~15.2 dB.
+    """
     from genfield.datasets.ct import CTSplit, PhantomDataset
     from genfield.viz.ct import fbp
 
@@ -52,16 +55,19 @@ def test_ct_ponp_beats_fbp_at_eight_views_on_held_out_phantoms():
     fc = field_config(
         "fourier", in_dim=2, head="attenuation", hidden=48, n_layers=2, fourier_features=48, fourier_sigma=3.0
     )
+    torch.manual_seed(0)
     model = build_process(
-        "ponp", fc, "ct", width=48, heads=2, latent_dim=0, tto_params="decoder", tto_lr=3e-3
+        "ponp", fc, "ct", width=48, heads=2, latent_dim=0, tto_params="decoder", tto_lr=1e-3
     )
+    assert model.config.local_features and model.config.context_subsample == (1, 20)
 
     def batch(g):
-        index = torch.randint(0, len(train_set), (8,), generator=g)
+        index = torch.randint(0, len(train_set), (4,), generator=g)
         return split([train_set[int(i)] for i in index], g)
 
-    losses = train(model, batch, steps=250)
-    assert losses[-1] < losses[0]
+    losses = train(model, batch, steps=300, lr=3e-3)
+    assert sum(losses[-10:]) < sum(losses[:10])
+    model.eval()
     queries = grid_coords((r, r)).expand(len(test_set), -1, -1)
     results = {}
     for n_views in (1, 2, 4, 8):
@@ -75,8 +81,11 @@ def test_ct_ponp_beats_fbp_at_eight_views_on_held_out_phantoms():
         baseline = fbp(sinogram, ev.extras["context_angles"], r).clamp_min(0)[..., None]
         fbp_psnr = psnr(baseline, ev.ground_truth).mean()
         results[n_views] = (float(ours), float(ours_tto), float(fbp_psnr))
-    assert results[8][1] > results[8][2], results  # (one pass, with TTO, FBP) in dB
-    assert results[8][1] > results[1][1], results
+    print("CT PSNR dB (one pass, TTO 100, FBP) by views:", results)
+    assert results[8][1] > results[8][2], results  # beats FBP from the same 8 views
+    tto = [results[v][1] for v in (1, 2, 4, 8)]
+    assert tto == sorted(tto), results  # rises with the number of views
+    assert results[1][0] > results[1][2] + 3, results  # far better than FBP from one view
 
 
 def test_images_from_ten_percent_beat_the_same_decoder_fitted_from_scratch():

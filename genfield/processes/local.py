@@ -1,0 +1,119 @@
+"""Local features: query-dependent conditioning through the adjoint of the forward map.
+
+A single global code must describe a whole signal; learning that on little compute is slow. pixelNeRF
+(Yu et al. 2021) conditions each query point instead on the context image features found where the
+point *projects* into each context view, pooled over views. The measurement-consistent analogue for
+a linear forward map ``P`` is its adjoint ``P^T``: it takes the context measurements back to the
+field's domain, and evaluated at a point ``x`` it gives the evidence the measurements hold about
+``f(x)``. Each part here turns a signal's context into a feature *grid* over the field domain
+``(S, width, R, R)``; the decoder reads it at any point by bilinear interpolation
+(:func:`sample_grid`) and is modulated by it per point (:mod:`genfield.processes.models`).
+
+* :class:`BackProjectionFeatures` (CT): for every view ``a`` and grid point ``x``, the view's raw
+  and ramp-filtered profiles read at the detector bins around ``t_a(x) = x . e_perp(theta_a)``
+  (:meth:`~genfield.viz.ct.ParallelBeamProjection.backproject_views`) and Fourier features of
+  ``theta_a`` go through an MLP; the mean over views (order invariant, any number of views) and
+  FBP itself, ``(pi / A) sum_a q_a(t_a(x))``, go through a second MLP. With a linear first MLP this
+  contains FBP; the nonlinearity lets the process learn which evidence to trust at few views.
+
+``LOCAL_FEATURES`` maps a batch kind to its part; kinds without one raise
+:class:`~genfield.errors.InputError` when ``local_features`` is asked for.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from genfield.datasets.batch import Observations
+from genfield.errors import InputError
+from genfield.fields.coords import grid_coords
+from genfield.processes.encoders import MLP
+from genfield.processes.tokenizers import angle_features, count_leading_equal
+
+
+def sample_grid(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear reads of feature grids ``(B, C, R, R)`` at points ``(B, ..., 2)`` -> ``(B, ..., C)``.
+
+    Points are (row, column) in [-1, 1]^2 with pixel centres as in :mod:`genfield.fields.coords`
+    (``align_corners=False``); beyond the outer centres the features fade to 0 over half a cell.
+    """
+    flat = rearrange(points.flip(-1), "b ... d -> b 1 (...) d")
+    out = F.grid_sample(grid, flat, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return rearrange(out, "b c 1 m -> b m c").reshape(*points.shape[:-1], grid.shape[1])
+
+
+class BackProjectionFeatures(nn.Module):
+    """CT: learned, pooled per-view back-projections of the context sinogram on a grid.
+
+    Args:
+        value_dim: channels per measurement.
+        width: feature width.
+        window: bins on each side of ``t_a(x)`` read from each profile (``2 window + 1`` in all).
+        n_frequencies: Fourier features of the view angle.
+        resolution: side ``R`` of the feature grid; ``None`` means the detector count.
+        n_detectors: bins per projection; ``None`` reads it off the queries (angle-major).
+    """
+
+    def __init__(
+        self,
+        value_dim: int,
+        width: int,
+        window: int = 4,
+        n_frequencies: int = 4,
+        resolution: int | None = None,
+        n_detectors: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.offsets = tuple(float(o) for o in range(-window, window + 1))
+        self.n_frequencies, self.resolution, self.n_detectors = n_frequencies, resolution, n_detectors
+        per_view = 2 * n_frequencies + 2 * len(self.offsets) * value_dim
+        self.view_mlp = MLP(per_view, width, depth=2)
+        self.pool_mlp = MLP(width + value_dim, width, depth=2)
+        self.centre = window * value_dim  # index of offset 0 in the (offset, channel) layout
+        self.value_dim = value_dim
+
+    def forward(self, context: Observations, forward_map) -> torch.Tensor:
+        """Feature grids ``(S, width, R, R)`` from a CT context (angle-major)."""
+        if not hasattr(forward_map, "backproject_views"):
+            raise InputError(
+                f"local features for CT need a forward map with backproject_views, got "
+                f"{type(forward_map).__name__}"
+            )
+        d = self.n_detectors or count_leading_equal(context.queries[0, :, 0])
+        if context.num_observations % d:
+            raise InputError(
+                f"CT context has {context.num_observations} observations, not a whole number of "
+                f"projections of {d} detectors"
+            )
+        r = self.resolution or d
+        s, n_views = context.num_signals, context.num_observations // d
+        points = grid_coords((r, r), context.queries.device, context.queries.dtype).expand(s, -1, -1)
+        args = (context.queries, context.values, points, d)
+        raw = forward_map.backproject_views(*args, None, self.offsets)  # (S, P, A, O c)
+        ramp = forward_map.backproject_views(*args, "ramp", self.offsets)
+        angles = rearrange(context.queries[..., 0], "s (a d) -> s a d", d=d)[..., 0]
+        theta = angle_features(angles, self.n_frequencies)[:, None].expand(-1, r * r, -1, -1)
+        views = self.view_mlp(torch.cat([theta, raw, ramp], dim=-1)).mean(dim=-2)  # (S, P, width)
+        c = self.value_dim
+        fbp = ramp[..., self.centre : self.centre + c].sum(dim=-2) * (math.pi / n_views)
+        features = self.pool_mlp(torch.cat([views, fbp], dim=-1))
+        return rearrange(features, "s (h w) c -> s c h w", h=r)
+
+
+#: The local-feature part of each batch kind (``local_features=True``).
+LOCAL_FEATURES = {"ct": BackProjectionFeatures}
+
+
+def build_local_features(kind: str, value_dim: int, width: int, **options) -> nn.Module:
+    """The local-feature part for ``kind`` (see :data:`LOCAL_FEATURES`)."""
+    if kind not in LOCAL_FEATURES:
+        raise InputError(
+            f"process local_features has no implementation for kind {kind!r}; "
+            f"available: {sorted(LOCAL_FEATURES)}"
+        )
+    return LOCAL_FEATURES[kind](value_dim, width, **options)
