@@ -5,7 +5,8 @@ meta-steps on the same meta-batches, and evaluated on the same held-out signals 
 
 * meta-learners after 0, 1, 2, 5, 10 adaptation steps (``adapt_steps``),
 * neural processes in one forward pass and with ``tto_steps`` of test-time optimisation,
-* the random-initialisation baseline after ``random_init_steps`` of fitting,
+* the random-initialisation baseline after ``random_init_steps`` of fitting (one count or a list:
+  the same step budget as the meta-learners, and a long fit),
 * the classical baseline where one exists (filtered back-projection for CT).
 
 Each row records the metric (PSNR, or IoU for shapes), the reconstruction time per signal and the peak
@@ -68,7 +69,8 @@ def _settings(route: str, budget: Mapping[str, Any]) -> list[tuple[str, int]]:
         return [(f"{k} steps", int(k)) for k in budget["adapt_steps"]]
     if route == "process":
         return [("one pass", 0), (f"TTO {budget['tto_steps']}", int(budget["tto_steps"]))]
-    return [(f"fit {budget['random_init_steps']}", int(budget["random_init_steps"]))]
+    steps = budget["random_init_steps"]
+    return [(f"fit {k}", int(k)) for k in (steps if isinstance(steps, list | tuple) else [steps])]
 
 
 def run_comparison(
