@@ -115,8 +115,11 @@ def run_comparison(
                 method,
                 batches,
                 TrainConfig(
-                    steps=steps, lr=float(method_cfg["lr"]), val_every=10**9,
-                    checkpoint_every=max(steps, 1), progress=progress,
+                    steps=steps,
+                    lr=float(method_cfg["lr"]),
+                    val_every=10**9,
+                    checkpoint_every=max(steps, 1),
+                    progress=progress,
                 ),
                 out / data_name / method_name,
                 device=torch_device,
@@ -126,9 +129,17 @@ def run_comparison(
                     evaluation = evaluate(method, test_batch, steps=adapt_steps)
                 rows.append(
                     Row(
-                        data_name, bundle.kind, method_name, method_cfg["route"], setting, adapt_steps,
-                        metric, evaluation.summary()[metric], cost.seconds / test_batch.num_signals,
-                        cost.peak_mib, result.seconds,
+                        data_name,
+                        bundle.kind,
+                        method_name,
+                        method_cfg["route"],
+                        setting,
+                        adapt_steps,
+                        metric,
+                        evaluation.summary()[metric],
+                        cost.seconds / test_batch.num_signals,
+                        cost.peak_mib,
+                        result.seconds,
                     )
                 )
             predictions[method_name] = evaluation.prediction  # at the method's largest budget
@@ -145,8 +156,17 @@ def _fbp_row(data_name: str, batch, fbp_baseline) -> Row:
     value = psnr(image, batch.ground_truth).mean().item()
     n_views = batch.extras["context_angles"].shape[1]
     return Row(
-        data_name, "ct", "fbp", "classical", f"FBP {n_views} views", 0, "psnr", value,
-        cost.seconds / batch.num_signals, cost.peak_mib, 0.0,
+        data_name,
+        "ct",
+        "fbp",
+        "classical",
+        f"FBP {n_views} views",
+        0,
+        "psnr",
+        value,
+        cost.seconds / batch.num_signals,
+        cost.peak_mib,
+        0.0,
     )
 
 
@@ -169,8 +189,11 @@ def write_results(out_dir: Path, rows: Sequence[Row]) -> None:
         if curves:
             metric = next(r.metric for r in rows if r.data == data_name)
             plot_curves(
-                out_dir / f"{data_name}_{metric}_vs_steps.png", curves, "adaptation steps",
-                metric.upper(), title=data_name,
+                out_dir / f"{data_name}_{metric}_vs_steps.png",
+                curves,
+                "adaptation steps",
+                metric.upper(),
+                title=data_name,
             )
 
 
@@ -187,10 +210,22 @@ def results_markdown(rows: Sequence[Row]) -> str:
         for data, method in dict.fromkeys((r.data, r.method) for r in kind_rows):
             mine = {r.setting: r for r in kind_rows if r.data == data and r.method == method}
             last = list(mine.values())[-1]
-            cells = [f"{mine[s].value:.2f}" if s in mine and math.isfinite(mine[s].value) else "" for s in settings]
+            cells = [
+                f"{mine[s].value:.2f}" if s in mine and math.isfinite(mine[s].value) else "" for s in settings
+            ]
             lines.append(
-                "| " + " | ".join([data, method, *cells, f"{last.seconds_per_signal:.3f}",
-                                   f"{last.peak_mib:.1f}", f"{last.train_seconds:.0f}"]) + " |"
+                "| "
+                + " | ".join(
+                    [
+                        data,
+                        method,
+                        *cells,
+                        f"{last.seconds_per_signal:.3f}",
+                        f"{last.peak_mib:.1f}",
+                        f"{last.train_seconds:.0f}",
+                    ]
+                )
+                + " |"
             )
         lines.append("")
     lines.append(
