@@ -246,7 +246,8 @@ def test_submitit_slurm_tasks_become_torch_distributed_ranks(monkeypatch):
 
     pytest.importorskip("submitit")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so the undo removes what the export sets
+        monkeypatch.delenv(key)
     slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "123", "SLURM_NTASKS": "4",
              "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]",
              "SLURM_NNODES": "2", "SLURM_NODEID": "1"}
