@@ -135,3 +135,24 @@ def check_same_on_ranks(value: int, what: str, world_size: int) -> None:
             f"ranks disagree on {what} ({int(low)} to {int(high)}): is the run folder on a file "
             "system that every node shares?"
         )
+
+
+def randn_for_shard(
+    draws: int,
+    num_signals: int,
+    shape: tuple[int, ...],
+    shard: tuple[int, int] | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Standard normals ``(draws, num_signals, *shape)`` for the signals of one shard.
+
+    ``shard = (offset, total)`` (set by :func:`genfield.training.shard` in ``batch.extras``) says
+    where this rank's signals sit in the global meta-batch: the noise is drawn for all ``total``
+    signals and this rank keeps its rows, so every signal gets the draw it would get in one process
+    (the ranks' random states stay in step because every rank draws the same amount).
+    """
+    offset, total = shard or (0, num_signals)
+    noise = torch.randn((draws, total, *shape), generator=generator, dtype=dtype, device=device)
+    return noise[:, offset : offset + num_signals]

@@ -70,6 +70,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from genfield.datasets.batch import Observations, SignalBatch
+from genfield.distributed import randn_for_shard
 from genfield.errors import InputError, unknown_name
 from genfield.interface import Prediction
 from genfield.meta.bayes import (
@@ -238,11 +239,9 @@ class IBaML(MetaLearner):
         draws = num_samples // 2 if pairs else num_samples
         # On a shard of a distributed meta-batch, draw for the whole batch and keep this rank's
         # signals: each signal gets the noise it would get in one process (exact equivalence).
-        offset, total = getattr(self, "_shard", None) or (0, num_signals)
+        shard = getattr(self, "_shard", None)
         noise = {
-            k: torch.randn(
-                (draws, total, *p.shape), generator=generator, dtype=p.dtype, device=p.device
-            )[:, offset : offset + num_signals]
+            k: randn_for_shard(draws, num_signals, tuple(p.shape), shard, generator, p.dtype, p.device)
             for k, p in m.items()
         }
         return {k: torch.cat([e, -e]) for k, e in noise.items()} if pairs else noise

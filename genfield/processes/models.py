@@ -73,6 +73,7 @@ from torch import nn
 from torch.distributions import Independent, kl_divergence
 
 from genfield.datasets.batch import Observations, SignalBatch
+from genfield.distributed import randn_for_shard
 from genfield.errors import InputError, unknown_name
 from genfield.fields.field import Field, FieldConfig, Params
 from genfield.fields.heads import apply_head, head_channels
@@ -419,7 +420,13 @@ class NeuralProcess(Reconstructor):
         prior = self.latent_prior(context)
         posterior = self.latent_posterior(context, target)
         use_prior = self.config.objective == "ml" and self.config.proposal == "prior"
-        z = (prior if use_prior else posterior).rsample((k,))  # (K, S, dz)
+        proposal = prior if use_prior else posterior
+        # reparameterised draws; on a distributed shard, the global batch's noise (exact with N ranks)
+        eps = randn_for_shard(
+            k, context.num_signals, proposal.mean.shape[1:], batch.extras.get("shard"),
+            dtype=proposal.mean.dtype, device=proposal.mean.device,
+        )
+        z = proposal.mean + proposal.stddev * eps  # (K, S, dz)
         cond = self.condition(context, z, warn=False, forward_map=fmap)
         log_prob, error = self.log_likelihood(cond, target, fmap, k)
         data = log_prob.sum(-1)  # (K, S)
