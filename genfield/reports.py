@@ -99,7 +99,11 @@ def write_figures(
         for name, field_fn in shape_fields.items():
             try:
                 level = 0.0 if level_kind == "sdf" else 0.5  # occupancy: probability 0.5
-                mesh = extract_mesh(field_fn, resolution=mesh_resolution, level=level, kind=level_kind)
+                # one chunk: a field_fn built on `reconstruct` adapts to the context on every call
+                mesh = extract_mesh(
+                    field_fn, resolution=mesh_resolution, level=level, kind=level_kind,
+                    chunk=mesh_resolution**3,
+                )
             except ValueError as error:  # the level set was not crossed: say so, keep going
                 (out / f"mesh_{name}.txt").write_text(str(error))
                 continue
