@@ -124,7 +124,9 @@ def _shape_fields(method, batch) -> dict[str, Callable] | None:
 
     def field_fn(points: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return method.reconstruct(first.context, first.forward_map, points[None], PointMap()).mean[0]
+            return method.reconstruct(
+                first.context, first.forward_map, points[None], PointMap(), variance=False
+            ).mean[0]
 
     return {"reconstruction": field_fn}
 

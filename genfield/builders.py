@@ -259,7 +259,7 @@ def build_method(
     if route == "meta":
         from genfield.meta import build_meta_learner
 
-        return build_meta_learner(name, field, **options)
+        return build_meta_learner(name, field, kind=resolved_data(bundle)["kind"], **options)
     if route == "process":
         from genfield.processes import build_process
 

@@ -82,6 +82,7 @@ class RandomInitFit(Reconstructor):
         *,
         steps: int | None = None,
         num_samples: int = 16,
+        variance: bool = True,
     ) -> Prediction:
         with torch.enable_grad():
             params, _ = fit_from_scratch(

@@ -64,6 +64,7 @@ class Reconstructor(nn.Module, ABC):
         *,
         steps: int | None = None,
         num_samples: int = 16,
+        variance: bool = True,
     ) -> Prediction:
         """Reconstruct signals from their context and predict observations at ``queries``.
 
@@ -75,4 +76,7 @@ class Reconstructor(nn.Module, ABC):
             steps: adaptation steps (meta-learners) or test-time optimisation steps (processes);
                 ``None`` means the method's configured default.
             num_samples: Monte-Carlo samples for the predictive moments of stochastic methods.
+            variance: whether the predictive variance is wanted. ``False`` lets a method skip it
+                where it costs more than the mean (iBaML's Laplace predictive needs Jacobians);
+                the prediction's ``variance`` may then be ``None``.
         """

@@ -36,8 +36,36 @@ class SavedTensorAccount:
 
         return Held()
 
+    @contextmanager
     def hooks(self):
-        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda held: held.tensor)
+        hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda held: held.tensor)
+        with hooks:
+            _ACTIVE_HOOKS.append(hooks)
+            try:
+                yield self
+            finally:
+                _ACTIVE_HOOKS.pop()
+
+
+#: The saved-tensor hooks of the accounts now open, innermost last.
+_ACTIVE_HOOKS: list[torch.autograd.graph.saved_tensors_hooks] = []
+
+
+@contextmanager
+def accounts_suspended():
+    """Lift the open accounts' saved-tensor hooks for a block, then put them back.
+
+    ``torch.func`` transforms (``vmap``, ``jacrev``) refuse to run under saved-tensor hooks, so work
+    that uses them inside :func:`measure` (iBaML's linearized-Laplace Jacobians) runs unaccounted:
+    those Jacobians are not saved for backward anyway, so the CPU peak loses nothing it counts."""
+    suspended = list(_ACTIVE_HOOKS)
+    for hooks in reversed(suspended):
+        hooks.__exit__(None, None, None)
+    try:
+        yield
+    finally:
+        for hooks in suspended:
+            hooks.__enter__()
 
 
 @dataclass

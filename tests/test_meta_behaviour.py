@@ -127,6 +127,47 @@ def test_bad_names_and_options_are_input_errors():
         build_meta_learner("maml", tiny_field(), adapt_keys="nonexistent")
 
 
+def _prior_std(learner) -> float:
+    """The (uniform) initial prior standard deviation of an iBaML learner."""
+    logvar = next(iter(learner.prior_logvar.values()))
+    return float(logvar.detach().mul(0.5).exp().mean())
+
+
+def test_by_kind_overrides_apply_to_their_kind_only():
+    by_kind = {"ct": {"prior_std": 0.002, "learn_obs_noise": False}, "image": {"prior_std": 0.05}}
+    ct = build_meta_learner("ibaml", tiny_field(), kind="ct", prior_std=0.01, by_kind=by_kind)
+    image = build_meta_learner("ibaml", tiny_field(), kind="image", prior_std=0.01, by_kind=by_kind)
+    shape = build_meta_learner("ibaml", tiny_field(), kind="shape", prior_std=0.01, by_kind=by_kind)
+    assert _prior_std(ct) == pytest.approx(0.002)
+    assert _prior_std(image) == pytest.approx(0.05)
+    assert _prior_std(shape) == pytest.approx(0.01)
+    assert "log_sigma" not in ct.meta_parameters() and "log_sigma" in image.meta_parameters()
+
+
+def test_bad_by_kind_is_an_input_error():
+    with pytest.raises(InputError, match="by_kind has unknown kind"):
+        build_meta_learner("maml", tiny_field(), kind="ct", by_kind={"tomography": {"inner_lr": 0.1}})
+    with pytest.raises(InputError, match="needs the data kind"):
+        build_meta_learner("maml", tiny_field(), by_kind={"ct": {"inner_lr": 0.1}})
+    with pytest.raises(InputError, match="lam"):  # options inside by_kind are checked like the rest
+        build_meta_learner("maml", tiny_field(), kind="ct", by_kind={"ct": {"lam": 1.0}})
+
+
+def test_ibaml_config_sets_its_ct_prior_through_build_method():
+    """configs/method/ibaml.yaml's by_kind.ct reaches the learner built for CT, and only for CT."""
+    from genfield.builders import build_method
+    from genfield.comparison import load_group
+
+    cfg = load_group("method", "ibaml", {"options": {"inner_steps": 1}})
+    field = build_field("siren", head="attenuation", hidden=8, n_layers=1)
+    ct = build_method(cfg, field, {"kind": "ct", "head": "attenuation"})
+    image = build_method(cfg, field, {"kind": "image", "head": "grey"})
+    ct_options = cfg["options"]["by_kind"]["ct"]
+    assert _prior_std(ct) == pytest.approx(ct_options["prior_std"])
+    assert _prior_std(image) == pytest.approx(cfg["options"]["prior_std"])
+    assert ct.cg_iterations == ct_options["cg_iterations"] != image.cg_iterations
+
+
 @pytest.mark.parametrize("name", ["maml", "imaml", "ibaml"])
 def test_adapting_only_a_latent_gives_shared_weights_the_total_gradient(name):
     """Functa-style: only ``latent`` is adapted; shared weights get direct + implicit cross terms,

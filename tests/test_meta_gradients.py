@@ -260,3 +260,23 @@ def test_ibaml_matches_dense_solve_and_finite_differences():
     numeric = finite_differences(outer, learner.meta_parameters())
     assert cosine(implicit, numeric) > 0.999
     torch.testing.assert_close(implicit, numeric, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("noise_gradient", ["direct", "implicit"])
+def test_ibaml_learned_noise_gradient_is_the_target_nll_gradient_by_default(noise_gradient):
+    """``noise_gradient="direct"``: d L_target / d log sigma at the adapted posterior, nothing
+    through the inner optimum; ``"implicit"`` adds the (different) cross term."""
+    batch = tiny_batch()
+    kwargs = dict(inner_steps=3, noise_seed=0, inner_noise="fixed", learn_obs_noise=True)
+    learner = build_meta_learner("ibaml", tiny_field(), noise_gradient=noise_gradient, **kwargs)
+    got = learner.meta_gradient(batch)["log_sigma"]
+    noise = learner.draw_noise(batch.num_signals)
+    v = learner.adapt_posterior(batch.context, batch.forward_map, noise, learner.inner_steps)
+    v = {k: t.detach() for k, t in v.items()}
+    direct = torch.autograd.grad(
+        learner.target_loss(v, noise, batch.target, batch.forward_map), learner.log_sigma
+    )[0]
+    if noise_gradient == "direct":
+        torch.testing.assert_close(got, direct)
+    else:
+        assert (got - direct).abs() > 1e-3 * direct.abs()

@@ -1,6 +1,7 @@
 """Meta-training on the built-in faces (16 x 16, a few dozen Adam steps) improves held-out PSNR
 after K adaptation steps over the same K steps from a random initialisation; iBaML's predictive
-uncertainty is higher where nothing was observed and its 90 % intervals are calibrated."""
+uncertainty (its default linearized-Laplace predictive) is higher where nothing was observed and its
+90 % intervals are calibrated."""
 
 from __future__ import annotations
 
@@ -70,10 +71,13 @@ def test_meta_training_improves_heldout_psnr(name):
 
 @pytest.fixture(scope="module")
 def trained_ibaml():
-    """iBaML with its defaults (configs/method/ibaml.yaml), 30 meta-steps; the held-out prediction."""
+    """iBaML, 30 meta-steps; the held-out prediction. Its inner steps are prior-preconditioned SGD:
+    over the first tens of meta-steps that learns faster than the default Adam inner steps, whose
+    rate is measured in prior standard deviations and waits for the prior to widen (16 px: 16.5
+    against 15.4 dB after 30 meta-steps); Adam wins from ~200 (configs/method/ibaml.yaml)."""
     torch.manual_seed(0)
     field = build_field("siren", head="grey", hidden=32, n_layers=2)
-    learner = build_meta_learner("ibaml", field, inner_steps=5)
+    learner = build_meta_learner("ibaml", field, inner_steps=5, inner_optimizer="sgd", inner_lr=0.6)
     batch = held_out()
     before = heldout_psnr(learner, batch)
     with warnings.catch_warnings():
@@ -95,10 +99,10 @@ def test_ibaml_training_improves_psnr_with_calibrated_intervals(trained_ibaml):
     assert 0.80 <= coverage <= 0.98, coverage
 
 
-@pytest.mark.xfail(reason="iBaML's mean-field posterior barely contracts at observed pixels after K=5 "
-                   "steps: std(unobserved) - std(observed) is ~1e-4 (0.1 %) and its sign changes "
-                   "with the initialisation seed (seeds 0, 1, 3 pass; 2 fails)", strict=False)
 def test_ibaml_std_larger_on_unobserved_pixels(trained_ibaml):
+    """The linearized-Laplace predictive (the default) is more confident where the signal was
+    observed, on every held-out face; the mean-field one cannot be (genfield.meta.laplace)."""
     _, _, pred, observed = trained_ibaml
     std = pred.std[..., 0]
-    assert std[~observed].mean() > std[observed].mean()
+    per_signal = [(s[~o].mean() - s[o].mean()).item() for s, o in zip(std, observed)]
+    assert all(gap > 0 for gap in per_signal), per_signal

@@ -253,7 +253,9 @@ def _save_std(path: Path, std: torch.Tensor | None) -> float | None:
     return top
 
 
-def _predict(run: Run, context: Observations, context_map, queries, query_map, cfg) -> Prediction:
+def _predict(
+    run: Run, context: Observations, context_map, queries, query_map, cfg, variance: bool = True
+) -> Prediction:
     torch.manual_seed(int(cfg["seed"]))
     steps = cfg.get("steps")
     return run.method.reconstruct(
@@ -263,6 +265,7 @@ def _predict(run: Run, context: Observations, context_map, queries, query_map, c
         query_map,
         steps=None if steps is None else int(steps),
         num_samples=int(cfg["num_samples"]),
+        variance=variance,
     )
 
 
@@ -607,7 +610,9 @@ def _mesh_of_mean(run: Run, batch: SignalBatch, target: str, level: float, resol
 
     def field_fn(points: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # same seed for every chunk: the same draws of stochastic methods
-            return _predict(run, batch.context, batch.forward_map, points[None], PointMap(), cfg).mean[0]
+            return _predict(
+                run, batch.context, batch.forward_map, points[None], PointMap(), cfg, variance=False
+            ).mean[0]
 
     try:
         mesh = extract_mesh(field_fn, resolution, level, kind=target, device=_device(run))

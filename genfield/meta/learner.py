@@ -44,10 +44,14 @@ class MetaStepSkipped(RuntimeWarning):
 @dataclass
 class AdaptedState:
     """Per-signal parameters after adaptation: ``params`` ``{name: (S, ...)}``; for a Bayesian
-    learner also the posterior log-variances ``logvar`` (same keys and shapes)."""
+    learner also the posterior log-variances ``logvar`` (same keys and shapes) and the context it
+    conditioned on (``context`` through ``context_map``: iBaML's linearized-Laplace predictive
+    needs it)."""
 
     params: Tree
     logvar: Tree | None = None
+    context: Observations | None = None
+    context_map: ForwardMap | None = None
 
 
 def _module_key(name: str) -> str:
@@ -164,7 +168,12 @@ class MetaLearner(Reconstructor):
         raise NotImplementedError
 
     def predict(
-        self, state: AdaptedState, queries: torch.Tensor, query_map: ForwardMap, num_samples: int
+        self,
+        state: AdaptedState,
+        queries: torch.Tensor,
+        query_map: ForwardMap,
+        num_samples: int,
+        variance: bool = True,
     ) -> Prediction:
         """Deterministic learners: the adapted field through ``query_map`` (no variance)."""
         with torch.no_grad():
@@ -179,7 +188,8 @@ class MetaLearner(Reconstructor):
         *,
         steps: int | None = None,
         num_samples: int = 16,
+        variance: bool = True,
     ) -> Prediction:
         """Adapt to ``context`` for ``steps`` inner steps, then predict at ``queries``."""
         state = self.adapt(context, context_map, steps)
-        return self.predict(state, queries, query_map, num_samples)
+        return self.predict(state, queries, query_map, num_samples, variance=variance)

@@ -78,6 +78,7 @@ from genfield.errors import InputError, unknown_name
 from genfield.fields.field import Field, FieldConfig, Params
 from genfield.fields.heads import apply_head, head_channels
 from genfield.interface import Prediction, Reconstructor
+from genfield.kinds import KINDS, options_for_kind
 from genfield.processes.encoders import (
     MLP,
     CrossAttention,
@@ -91,7 +92,6 @@ from genfield.processes.tokenizers import DEFAULT_TOKENIZER, build_tokenizer, se
 from genfield.viz.forward_maps import ForwardMap
 
 MODELS = ("cnp", "np", "anp", "ponp")
-KINDS = ("image", "ct", "shape", "views")
 
 
 @dataclass
@@ -534,6 +534,7 @@ class NeuralProcess(Reconstructor):
         *,
         steps: int | None = None,
         num_samples: int = 16,
+        variance: bool = True,
     ) -> Prediction:
         """Predictive mean and variance of observations at ``queries`` from the context alone."""
         self.check_observations(context, context_map, "context")
@@ -582,11 +583,7 @@ def build_process(
     """
     if name not in PRESETS:
         raise unknown_name("neural process", name, MODELS)
-    by_kind = dict(options.pop("by_kind", None) or {})
-    unknown_kinds = set(by_kind) - set(KINDS)
-    if unknown_kinds:
-        raise InputError(f"process by_kind has unknown kind(s) {sorted(unknown_kinds)}; valid: {KINDS}")
-    options = {**KIND_PRESETS.get((name, kind), {}), **options, **dict(by_kind.get(kind) or {})}
+    options = {**KIND_PRESETS.get((name, kind), {}), **options_for_kind(options, kind, "process")}
     known = {f.name for f in fields(ProcessConfig)}
     unknown = set(options) - known
     if unknown:
