@@ -21,16 +21,28 @@ class Prediction:
     """A predictive distribution at some queries: ``mean`` and ``variance`` are ``(S, M, c)``.
 
     ``variance`` is ``None`` for methods that give no uncertainty (a deterministic fit). ``samples``
-    optionally holds the draws ``(K, S, M, c)`` the moments were computed from.
+    optionally holds the draws ``(K, S, M, c)`` the moments were computed from. ``noise_variance``,
+    where a method separates it, is the part of ``variance`` that is the noise of a new observation
+    (iBaML's learned ``sigma^2``): ``std`` is the spread of a new observation (what intervals on
+    held-out values need), ``signal_std`` the uncertainty about the signal itself (what uncertainty
+    maps show: it is what falls where the signal was observed).
     """
 
     mean: torch.Tensor
     variance: torch.Tensor | None = None
     samples: torch.Tensor | None = None
+    noise_variance: torch.Tensor | None = None
 
     @property
     def std(self) -> torch.Tensor | None:
         return None if self.variance is None else self.variance.clamp_min(0).sqrt()
+
+    @property
+    def signal_std(self) -> torch.Tensor | None:
+        """``std`` without the observation noise (``std`` itself where it is not separated)."""
+        if self.variance is None or self.noise_variance is None:
+            return self.std
+        return (self.variance - self.noise_variance).clamp_min(0).sqrt()
 
 
 class Reconstructor(nn.Module, ABC):

@@ -113,7 +113,7 @@ def write_figures(
 
 
 def _as_images(prediction: Prediction, like: torch.Tensor, std: bool = False) -> torch.Tensor | None:
-    values = prediction.std if std else prediction.mean
+    values = prediction.signal_std if std else prediction.mean
     if values is None:
         return None
     values = values.detach().cpu()

@@ -108,6 +108,9 @@ def test_ibaml_laplace_predictive_is_deterministic_given_the_adapted_state():
     laplace_runs = [learner.predict(state, coords, PointMap(), 8) for _ in range(2)]
     torch.testing.assert_close(laplace_runs[0].variance, laplace_runs[1].variance)
     assert laplace_runs[0].samples is None
+    noise = learner.obs_noise.detach().square()  # the signal's std leaves out a new datum's noise
+    torch.testing.assert_close(laplace_runs[0].noise_variance, noise)
+    torch.testing.assert_close(laplace_runs[0].signal_std.square() + noise, laplace_runs[0].variance)
     mean_only = learner.predict(state, coords, PointMap(), 8, variance=False)
     assert mean_only.variance is None
     torch.testing.assert_close(mean_only.mean, laplace_runs[0].mean)

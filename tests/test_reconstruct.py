@@ -145,6 +145,19 @@ def test_image_from_a_mask_observes_exactly_its_pixels(image_run, photo, tmp_pat
     assert metrics["n_context"] == 16 * 8
 
 
+def test_ibaml_std_image_is_low_where_the_mask_observed(photo, tmp_path):
+    """iBaML's linearized-Laplace predictive through the CLI: observe the left half, and the written
+    std image is darker there than on the right half."""
+    run = train_run(tmp_path / "run", ["method=ibaml", "data=faces", "data.size=16"])
+    mask = np.zeros((40, 30), np.uint8)
+    mask[5:35, :15] = 255  # the left half of the centre crop
+    iio.imwrite(tmp_path / "mask.png", mask)
+    reconstruct(options(run, photo, f"mask={tmp_path / 'mask.png'}"), tmp_path / "out")
+    std = iio.imread(tmp_path / "out" / "std.png").astype(float)
+    assert std.shape == (16, 16)
+    assert std[:, :8].mean() < 0.9 * std[:, 8:].mean(), (std[:, :8].mean(), std[:, 8:].mean())
+
+
 # -- CT --------------------------------------------------------------------------------------------
 def test_ct_from_a_slice_image_scores_method_and_fbp(ct_run, tmp_path):
     slice_image = np.zeros((16, 16), np.uint8)

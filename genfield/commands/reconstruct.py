@@ -308,7 +308,7 @@ def reconstruct_image(run: Run, path: Path, cfg: Mapping[str, Any], out: Path) -
     evaluation = evaluate(run.method, batch, steps=steps, num_samples=int(cfg["num_samples"]))
     prediction = evaluation.prediction
     save_image(out / "reconstruction.png", as_images(prediction.mean.detach(), image[None])[0].clamp(0, 1))
-    std = prediction.std
+    std = prediction.signal_std
     std_max = _save_std(out / "std.png", None if std is None else as_images(std.detach(), image[None])[0])
     figures = write_figures(out, batch.to("cpu"), {run.name: _cpu(prediction)})
     return {
@@ -417,7 +417,7 @@ def reconstruct_ct(run: Run, path: Path, kind: str, cfg: Mapping[str, Any], out:
     context = Observations(queries.to(device), values.to(device))
     prediction = _predict(run, context, projector, grid, PointMap(), cfg)
     image = rearrange(prediction.mean.detach().cpu(), "1 (h w) 1 -> h w", h=resolution)
-    std = prediction.std
+    std = prediction.signal_std
     std = None if std is None else rearrange(std.detach().cpu(), "1 (h w) 1 -> h w", h=resolution)
     baseline = fbp(sinogram, angles, output_size=resolution)
     save_image(out / "reconstruction.png", image.clamp(0, 1))
@@ -691,8 +691,8 @@ def reconstruct_views(run: Run, path: Path, cfg: Mapping[str, Any], out: Path) -
         mean = rearrange(prediction.mean.cpu(), "1 (h w) c -> h w c", h=height).clamp(0, 1)
         means.append(mean)
         save_image(out / f"view_{k:03d}.png", mean)
-        if prediction.std is not None:
-            std = rearrange(prediction.std.cpu(), "1 (h w) c -> h w c", h=height).mean(-1)
+        if prediction.signal_std is not None:
+            std = rearrange(prediction.signal_std.cpu(), "1 (h w) c -> h w c", h=height).mean(-1)
             stds.append(std)
             _save_std(out / f"std_{k:03d}.png", std)
     rendered, truth = torch.stack(means), test.images[targets]
@@ -726,8 +726,12 @@ def _steps(cfg: Mapping[str, Any]) -> int | None:
 
 
 def _cpu(prediction: Prediction) -> Prediction:
-    variance = None if prediction.variance is None else prediction.variance.detach().cpu()
-    return Prediction(prediction.mean.detach().cpu(), variance)
+    def cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.detach().cpu()
+
+    return Prediction(
+        cpu(prediction.mean), cpu(prediction.variance), noise_variance=cpu(prediction.noise_variance)
+    )
 
 
 def reconstruct(cfg: Mapping[str, Any], out_dir: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:

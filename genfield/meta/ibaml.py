@@ -526,7 +526,7 @@ class IBaML(MetaLearner):
             draws = self.sample_observations(
                 _join(state.params, state.logvar), noise, queries, query_map
             )
-            return Prediction(draws.mean(0), self._with_noise(draws.var(0, unbiased=False)), draws)
+            return self._prediction(draws.mean(0), draws.var(0, unbiased=False), draws)
 
     def _laplace_predictive(
         self, state: AdaptedState, queries: torch.Tensor, query_map: ForwardMap
@@ -543,8 +543,12 @@ class IBaML(MetaLearner):
         )
         with torch.no_grad():
             mean = self.observe(state.params, queries, query_map)
-        return Prediction(mean, self._with_noise(variance))
+        return self._prediction(mean, variance)
 
-    def _with_noise(self, variance: torch.Tensor) -> torch.Tensor:
-        """Add ``sigma^2`` when predicting a new noisy observation (``predictive_noise``)."""
-        return variance + self.obs_noise.detach().square() if self.predictive_noise else variance
+    def _prediction(self, mean, variance, samples=None) -> Prediction:
+        """Add ``sigma^2`` when predicting a new noisy observation (``predictive_noise``), and say
+        so (``noise_variance``) so that uncertainty maps can show the signal's own."""
+        if not self.predictive_noise:
+            return Prediction(mean, variance, samples)
+        noise = self.obs_noise.detach().square()
+        return Prediction(mean, variance + noise, samples, noise_variance=noise)

@@ -163,7 +163,7 @@ def image_grid(
         means[method] = _as_images(to_numpy(mean)[:rows], truth.shape, f"prediction {method!r}")
         deviation = std.get(method)
         if deviation is None and isinstance(prediction, Prediction):
-            deviation = prediction.std
+            deviation = prediction.signal_std
         if deviation is not None:
             stds[method] = _as_images(to_numpy(deviation)[:rows], truth.shape, f"std {method!r}")
     errors = {m: np.abs(means[m] - truth).mean(axis=-1) for m in means}
