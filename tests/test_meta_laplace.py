@@ -146,3 +146,19 @@ def test_laplace_predictive_runs_inside_a_cpu_memory_account():
         torch.ones(3, requires_grad=True).exp().sum().backward()  # the account still counts after
     torch.testing.assert_close(inside, outside)
     assert cost.peak_bytes > 0
+
+
+def test_ibaml_adds_its_noise_only_to_queries_of_the_context_kind():
+    """sigma is the noise of a projection when the context was projections: CT pixels get none."""
+    torch.manual_seed(0)
+    field = build_field("siren", head="attenuation", hidden=8, n_layers=1)
+    learner = build_meta_learner("ibaml", field, inner_steps=1, prior_std=0.002)
+    projector = ParallelBeamProjection(n_samples=8)
+    queries = ct_queries(torch.tensor([0.2, 1.4]), 6).expand(2, -1, -1)
+    context = Observations(queries, torch.rand(2, queries.shape[1], 1))
+    state = learner.adapt(context, projector)
+    pixels = grid_coords((4, 4)).expand(2, -1, -1)
+    on_pixels = learner.predict(state, pixels, PointMap(), 4)
+    on_rays = learner.predict(state, queries, projector, 4)
+    assert on_pixels.noise_variance is None and on_rays.noise_variance is not None
+    torch.testing.assert_close(on_pixels.signal_std, on_pixels.std)

@@ -526,7 +526,8 @@ class IBaML(MetaLearner):
             draws = self.sample_observations(
                 _join(state.params, state.logvar), noise, queries, query_map
             )
-            return self._prediction(draws.mean(0), draws.var(0, unbiased=False), draws)
+            variance = draws.var(0, unbiased=False)
+            return self._prediction(draws.mean(0), variance, state, query_map, draws)
 
     def _laplace_predictive(
         self, state: AdaptedState, queries: torch.Tensor, query_map: ForwardMap
@@ -543,12 +544,17 @@ class IBaML(MetaLearner):
         )
         with torch.no_grad():
             mean = self.observe(state.params, queries, query_map)
-        return self._prediction(mean, variance)
+        return self._prediction(mean, variance, state, query_map)
 
-    def _prediction(self, mean, variance, samples=None) -> Prediction:
+    def _prediction(
+        self, mean, variance, state: AdaptedState, query_map: ForwardMap, samples=None
+    ) -> Prediction:
         """Add ``sigma^2`` when predicting a new noisy observation (``predictive_noise``), and say
-        so (``noise_variance``) so that uncertainty maps can show the signal's own."""
-        if not self.predictive_noise:
+        so (``noise_variance``) so that uncertainty maps can show the signal's own. ``sigma`` is
+        the noise of the context's kind of measurement: queries through another forward map (CT
+        pixels of a field observed through projections) get the signal's variance alone."""
+        same_kind = state.context_map is None or type(query_map) is type(state.context_map)
+        if not (self.predictive_noise and same_kind):
             return Prediction(mean, variance, samples)
         noise = self.obs_noise.detach().square()
         return Prediction(mean, variance + noise, samples, noise_variance=noise)
