@@ -15,15 +15,7 @@ from genfield.errors import InputError
 from genfield.fields import build_field
 from genfield.meta import MetaStepSkipped, build_meta_learner
 
-
-@pytest.fixture(autouse=True)
-def float64_one_thread():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 
 def sgd_ibaml(**options):

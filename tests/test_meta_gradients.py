@@ -20,15 +20,7 @@ from genfield.meta.ibaml import _split
 from genfield.meta.likelihood import mse
 from genfield.viz.forward_maps import PointMap
 
-
-@pytest.fixture(autouse=True)
-def float64_one_thread():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 
 def tiny_batch(num_signals: int = 2, size: int = 5, n_context: int = 10) -> SignalBatch:

@@ -151,6 +151,8 @@ def test_folder_of_scenes_including_the_learnit_layout(tmp_path):
     assert folder[1].name == "b_scene"
     with pytest.raises(InputError, match="no scene folders"):
         NerfSyntheticFolder(tmp_path / "not_a_scene")
+    with pytest.raises(InputError, match="downscale must be a positive integer, got 0"):
+        NerfSyntheticFolder(tmp_path, downscale=0)  # at construction, before any scene is read
 
 
 # ---------------------------------------------------------------------------------------------

@@ -143,6 +143,13 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise InputError(f"cannot read {path}: {error}") from None
 
 
+def _check_split_and_downscale(split: str, downscale: int) -> None:
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if int(downscale) != downscale or downscale < 1:
+        raise InputError(f"downscale must be a positive integer, got {downscale!r}")
+
+
 def _require_dir(root: str | Path, what: str) -> Path:
     root = Path(root)
     if not root.is_dir():
@@ -184,10 +191,7 @@ class NerfSyntheticScene:
         far: float = NERF_SYNTHETIC_BOUNDS[1],
     ) -> None:
         self.root = _require_dir(root, "scene")
-        if split not in SPLITS:
-            raise InputError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-        if int(downscale) != downscale or downscale < 1:
-            raise InputError(f"downscale must be a positive integer, got {downscale!r}")
+        _check_split_and_downscale(split, downscale)
         self.split, self.downscale, self.scale = split, int(downscale), float(scale)
         self.near, self.far = near, far
         self.transforms_path = self._find_transforms()
@@ -296,8 +300,7 @@ class NerfSyntheticFolder:
         far: float = NERF_SYNTHETIC_BOUNDS[1],
     ) -> None:
         self.root = _require_dir(root, "scene collection")
-        if split not in SPLITS:
-            raise InputError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        _check_split_and_downscale(split, downscale)  # now, not when the first scene is read
         names = (f"transforms_{split}.json", "transforms.json")
         self.scenes = sorted(
             d for d in self.root.iterdir() if d.is_dir() and any((d / n).is_file() for n in names)
