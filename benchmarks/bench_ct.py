@@ -2,12 +2,12 @@
 
 Three workloads on the same rays (``angles x detectors`` rays, ``n_samples`` points per ray):
 
-* ``siren_field``: :class:`~genfield.viz.ct.ParallelBeamProjection` over a small SIREN-like field
+* ``siren_field``: :class:`~genfield.forward.ct.ParallelBeamProjection` over a small SIREN-like field
   (3 hidden sine layers of width 128, ``omega0 = 30``), forward and forward + backward (gradients
   of the squared projections with respect to the field's weights: one inner-loop step's worth);
-* ``pixel_image``: :func:`~genfield.viz.ct.project_image` of a ``detectors``-square image (how
+* ``pixel_image``: :func:`~genfield.forward.ct.project_image` of a ``detectors``-square image (how
   :class:`~genfield.datasets.ct.CTSplit` makes its data);
-* ``fbp``: :func:`~genfield.viz.ct.fbp` of the pixel sinogram back to a ``detectors``-square image.
+* ``fbp``: :func:`~genfield.forward.ct.fbp` of the pixel sinogram back to a ``detectors``-square image.
 
 Each time is the median over repetitions after one warm-up. The load average is recorded because a
 shared CPU makes the numbers noisy (an oversubscribed CPU slows OpenMP's threads by orders of
@@ -27,7 +27,7 @@ import torch
 
 from benchmarks._machine import median_seconds, save_results
 from genfield.fields import build_field
-from genfield.viz.ct import ParallelBeamProjection, as_sinogram, ct_queries, fbp, project_image
+from genfield.forward.ct import ParallelBeamProjection, as_sinogram, ct_queries, fbp, project_image
 
 
 def run(angles: int, detectors: int, samples: int, reps: int, device: str) -> dict[str, Any]:

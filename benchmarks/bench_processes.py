@@ -23,9 +23,9 @@ from genfield.datasets.batch import Observations, SignalBatch
 from genfield.fields.coords import grid_coords
 from genfield.fields.field import Field, field_config
 from genfield.fitting import fit_from_scratch
+from genfield.forward import PointMap
 from genfield.processes import build_process
 from genfield.profiling import Measurement, measure
-from genfield.viz.forward_maps import PointMap
 
 
 def image_batch(n_signals: int, side: int, n_context: int, device: str) -> SignalBatch:

@@ -22,9 +22,9 @@ import torch
 
 from benchmarks._machine import save_results
 from genfield.fields.field import build_field
+from genfield.forward.volume import VolumeRenderer
 from genfield.viz.meshes import evaluate_grid, mesh_from_volume
 from genfield.viz.video import turntable
-from genfield.viz.volume import VolumeRenderer
 
 
 def peak_rss_mib() -> float:

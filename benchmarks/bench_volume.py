@@ -2,11 +2,11 @@
 
 Workloads:
 
-* ``renderer``: :class:`~genfield.viz.volume.VolumeRenderer` over a genfield ``relu_pe`` field
+* ``renderer``: :class:`~genfield.forward.volume.VolumeRenderer` over a genfield ``relu_pe`` field
   (positional encoding, 3 ReLU layers of width 128, radiance head) for several
   ``(n_samples, n_importance)`` settings, forward only (evaluation, no graph) and forward + backward
   (gradients of a photometric loss with respect to the field's weights: one inner-loop step's
-  worth). Rays come from :func:`~genfield.viz.volume.camera_rays` and are clipped to the cube.
+  worth). Rays come from :func:`~genfield.forward.volume.camera_rays` and are clipped to the cube.
 * ``raycast`` (CPU only): rays per second of the trimesh ray caster that makes
   :func:`~genfield.datasets.views.builtin_views` (rtree, no embree), one scene at 32 x 32.
 
@@ -30,7 +30,7 @@ import torch
 from benchmarks._machine import median_seconds, save_results
 from genfield.datasets.views import look_at, random_primitives, raycast_rgba
 from genfield.fields import build_field
-from genfield.viz.volume import VolumeRenderer, camera_rays, ray_queries
+from genfield.forward.volume import VolumeRenderer, camera_rays, ray_queries
 
 
 def rays_of_views(n_rays: int, device: str) -> torch.Tensor:

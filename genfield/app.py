@@ -118,7 +118,7 @@ def _shape_fields(method, batch) -> dict[str, Callable] | None:
     """A field_fn over 3-D points for the first test shape (marching cubes), from ``reconstruct``."""
     import torch
 
-    from genfield.viz.forward_maps import PointMap
+    from genfield.forward import PointMap
 
     first = batch.select(slice(0, 1))
 

@@ -3,7 +3,7 @@
 The metric follows the kind: PSNR and SSIM of the reconstructed image (images, CT slices), IoU of the
 predicted occupancy (or SDF sign) on the target points (shapes), PSNR of rendered target views
 (views). Queries for images and CT are the full pixel grid through a
-:class:`~genfield.viz.forward_maps.PointMap`; for shapes and views, the batch's own target queries and
+:class:`~genfield.forward.point.PointMap`; for shapes and views, the batch's own target queries and
 forward map.
 """
 
@@ -16,8 +16,8 @@ from einops import rearrange
 
 from genfield.datasets.batch import SignalBatch
 from genfield.fields.coords import grid_coords
+from genfield.forward import PointMap
 from genfield.interface import Prediction, Reconstructor
-from genfield.viz.forward_maps import PointMap
 
 
 @dataclass

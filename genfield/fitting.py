@@ -13,8 +13,8 @@ import torch
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.field import Field, Params
+from genfield.forward import ForwardMap
 from genfield.interface import Prediction, Reconstructor
-from genfield.viz.forward_maps import ForwardMap
 
 
 def fit_from_scratch(
@@ -144,9 +144,9 @@ def fit_image(
     import numpy as np
 
     from genfield.fields import build_field, grid_coords
+    from genfield.forward import PointMap
     from genfield.metrics import psnr, ssim
     from genfield.viz.figures import save_image
-    from genfield.viz.forward_maps import PointMap
 
     image = load_image_signal(source, size)
     height, width, channels = image.shape

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from genfield.datasets.batch import Observations, SignalBatch
-from genfield.viz.forward_maps import ForwardMap
+from genfield.forward import ForwardMap
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Reconstructor(nn.Module, ABC):
             context: the observations ``(S, N, .)`` of each signal.
             context_map: the forward map through which the context was observed.
             queries: ``(S, M, q)`` what to predict, through ``query_map`` (e.g. every pixel with a
-                :class:`~genfield.viz.forward_maps.PointMap`, novel-view rays with a volume renderer).
+                :class:`~genfield.forward.point.PointMap`, novel-view rays with a volume renderer).
             steps: adaptation steps (meta-learners) or test-time optimisation steps (processes);
                 ``None`` means the method's configured default.
             num_samples: Monte-Carlo samples for the predictive moments of stochastic methods.

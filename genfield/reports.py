@@ -32,7 +32,7 @@ def context_mask(batch: SignalBatch) -> torch.Tensor | None:
 
 def fbp_baseline(batch: SignalBatch) -> torch.Tensor:
     """Filtered back-projection ``(S, H, W)`` of each signal's context projections."""
-    from genfield.viz.ct import as_sinogram, fbp
+    from genfield.forward.ct import as_sinogram, fbp
 
     sinogram = as_sinogram(batch.context.values, batch.extras["n_detectors"])[:, 0]
     return fbp(sinogram, batch.extras["context_angles"], output_size=batch.ground_truth.shape[1])
@@ -66,7 +66,7 @@ def write_figures(
         )
     elif batch.kind == "ct":
         fbp = fbp_baseline(batch)
-        from genfield.viz.ct import as_sinogram
+        from genfield.forward.ct import as_sinogram
 
         sinograms = as_sinogram(batch.context.values, batch.extras["n_detectors"])[:, 0]
         for name, prediction in predictions.items():

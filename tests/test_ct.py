@@ -23,7 +23,8 @@ from genfield.datasets.ct import (
 )
 from genfield.datasets.images import ImageFolder
 from genfield.errors import InputError
-from genfield.viz.ct import (
+from genfield.forward import build_forward_map
+from genfield.forward.ct import (
     ParallelBeamProjection,
     as_sinogram,
     ct_queries,
@@ -31,7 +32,6 @@ from genfield.viz.ct import (
     image_field,
     project_image,
 )
-from genfield.viz.forward_maps import build_forward_map
 
 
 def phantom(n: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from genfield.fields import FIELD_PRESETS, build_field, grid_coords
 from genfield.fields.encodings import FourierFeatures, PositionalEncoding
 from genfield.fields.networks import CoordinateMLP
 from genfield.fitting import fit_from_scratch
-from genfield.viz.forward_maps import PointMap
+from genfield.forward import PointMap
 
 
 def test_positional_encoding_matches_definition():

@@ -24,7 +24,7 @@ from genfield.datasets.images import (
 )
 from genfield.datasets.sampling import iterate_batches, split_indices
 from genfield.errors import InputError
-from genfield.viz.forward_maps import PointMap
+from genfield.forward import PointMap
 
 RNG = np.random.default_rng(0)
 

@@ -15,10 +15,10 @@ from skimage.data import lfw_subset
 
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.fields import build_field, grid_coords
+from genfield.forward import PointMap
 from genfield.meta import build_meta_learner
 from genfield.meta.ibaml import _split
 from genfield.meta.likelihood import mse
-from genfield.viz.forward_maps import PointMap
 
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
 

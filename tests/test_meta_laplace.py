@@ -14,10 +14,10 @@ import torch
 
 from genfield.datasets.batch import Observations
 from genfield.fields import build_field, grid_coords
+from genfield.forward import PointMap
+from genfield.forward.ct import ParallelBeamProjection, ct_queries
 from genfield.meta import build_meta_learner, laplace
 from genfield.meta.laplace import linearized_variance
-from genfield.viz.ct import ParallelBeamProjection, ct_queries
-from genfield.viz.forward_maps import PointMap
 
 
 def tiny_problem(forward_map, context_queries, seed=0):

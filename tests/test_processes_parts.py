@@ -12,9 +12,9 @@ from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
 from genfield.fields.field import field_config
+from genfield.forward import PointMap
 from genfield.processes import build_process
 from genfield.processes.tokenizers import PatchTokenizer, ProjectionTokenizer, select_tokens
-from genfield.viz.forward_maps import PointMap
 
 SMALL = {"width": 32, "heads": 2, "depth": 1}
 
@@ -156,7 +156,7 @@ def test_gradient_through_point_map_matches_finite_differences(float64):
 
 
 def test_gradient_through_ct_projection_matches_finite_differences(float64):
-    from genfield.viz.ct import ParallelBeamProjection
+    from genfield.forward.ct import ParallelBeamProjection
 
     torch.manual_seed(0)
     fc = field_config("fourier", in_dim=2, head="attenuation", hidden=16, n_layers=2, fourier_features=16)
@@ -181,7 +181,7 @@ def test_gradient_through_ct_projection_matches_finite_differences(float64):
 
 
 def test_gradient_through_volume_rendering_matches_finite_differences(float64):
-    from genfield.viz.volume import VolumeRenderer
+    from genfield.forward.volume import VolumeRenderer
 
     torch.manual_seed(0)
     fc = field_config("fourier", in_dim=3, head="radiance", hidden=16, n_layers=2, fourier_features=16)
@@ -303,7 +303,7 @@ def test_non_finite_loss_is_reported_not_hidden():
 
 # -- local features through the adjoint of the forward map (CT) ----------------------------------
 def ct_context(n_signals: int = 2, n_angles: int = 4, d: int = 8, seed: int = 0) -> Observations:
-    from genfield.viz.ct import ct_queries
+    from genfield.forward.ct import ct_queries
 
     g = torch.Generator().manual_seed(seed)
     angles = torch.rand(n_signals, n_angles, generator=g) * math.pi
@@ -311,7 +311,7 @@ def ct_context(n_signals: int = 2, n_angles: int = 4, d: int = 8, seed: int = 0)
 
 
 def test_backprojected_views_sum_to_fbp_and_read_neighbouring_bins():
-    from genfield.viz.ct import ParallelBeamProjection, fbp
+    from genfield.forward.ct import ParallelBeamProjection, fbp
 
     d, a = 8, 4
     ctx = ct_context(n_angles=a, d=d)
@@ -341,7 +341,7 @@ def ct_process(**options):
 
 
 def test_ct_local_features_are_the_ponp_default_and_invariant_to_the_order_of_views():
-    from genfield.viz.ct import ParallelBeamProjection
+    from genfield.forward.ct import ParallelBeamProjection
 
     torch.manual_seed(0)
     model = ct_process().eval()

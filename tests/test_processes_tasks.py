@@ -12,8 +12,8 @@ import torch
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.fields.coords import grid_coords
 from genfield.fields.field import Field, field_config
+from genfield.forward import PointMap
 from genfield.processes import build_process
-from genfield.viz.forward_maps import PointMap
 
 
 def train(model, make_batch, steps: int, lr: float = 1e-3, seed: int = 0) -> list[float]:
@@ -46,7 +46,7 @@ def test_ct_ponp_beats_fbp_at_eight_views_on_held_out_phantoms():
     Without local features (the global code alone) every view count gave ~15.2 dB.
     """
     from genfield.datasets.ct import CTSplit, PhantomDataset
-    from genfield.viz.ct import fbp
+    from genfield.forward.ct import fbp
 
     r = 24
     train_set = [s for s in PhantomDataset(64, r, seed=0)]

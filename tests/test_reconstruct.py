@@ -24,7 +24,7 @@ from genfield.commands.reconstruct import (
     with_run_groups,
 )
 from genfield.errors import InputError
-from genfield.viz.ct import ct_queries, fbp, project_image
+from genfield.forward.ct import ct_queries, fbp, project_image
 
 CONFIGS = str(Path(genfield.__file__).parent / "configs")
 QUIET = ["train.steps=2", "train.progress=false", "device=cpu", "eval.figure=false", "eval.num_samples=2"]

@@ -28,7 +28,7 @@ from genfield.datasets.shapes import (
 )
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
-from genfield.viz.forward_maps import PointMap
+from genfield.forward import PointMap
 
 SMALL = {"n_uniform": 600, "n_near": 600, "n_surface": 200}
 #: Half extents of a (2, 1, 0.5) box after normalisation (longest side 1.8).

@@ -25,7 +25,7 @@ from genfield.datasets.views import (
     raycast_rgba,
 )
 from genfield.errors import InputError
-from genfield.viz.volume import VolumeRenderer, camera_rays, ray_queries
+from genfield.forward.volume import VolumeRenderer, camera_rays, ray_queries
 
 ANGLE = 0.69
 

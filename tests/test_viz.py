@@ -17,6 +17,7 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from genfield.errors import InputError
 from genfield.fields.field import build_field
+from genfield.forward.volume import VolumeRenderer, camera_rays
 from genfield.interface import Prediction
 from genfield.viz.figures import PANEL, ct_figure, image_grid, psnr, save_image
 from genfield.viz.meshes import evaluate_grid, extract_mesh, render_mesh_preview, save_mesh
@@ -28,7 +29,6 @@ from genfield.viz.plots import (
     smooth,
 )
 from genfield.viz.video import look_at, orbit_poses, render_view, save_video, turntable
-from genfield.viz.volume import VolumeRenderer, camera_rays
 
 
 def sphere_sdf(radius: float, centre=(0.0, 0.0, 0.0)):

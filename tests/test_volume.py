@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from genfield.viz.forward_maps import ForwardMap, build_forward_map
-from genfield.viz.volume import VolumeRenderer, camera_rays, cube_interval, ray_queries, sample_pdf
+from genfield.forward import ForwardMap, build_forward_map
+from genfield.forward.volume import VolumeRenderer, camera_rays, cube_interval, ray_queries, sample_pdf
 
 
 def rotation_y(angle: float) -> torch.Tensor:

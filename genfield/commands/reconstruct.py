@@ -42,8 +42,8 @@ from genfield.checkpoint import config_differences, load_checkpoint, read_checkp
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
+from genfield.forward import PointMap
 from genfield.interface import Prediction, Reconstructor
-from genfield.viz.forward_maps import PointMap
 
 CHECKPOINT = Path("checkpoints") / "last.safetensors"
 #: The config groups a run is built from, and the key that names the group's option.
@@ -384,8 +384,8 @@ def _sinogram(path: Path, kind: str, cfg: Mapping[str, Any]) -> torch.Tensor:
 def reconstruct_ct(run: Run, path: Path, kind: str, cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
     """A CT slice from a sinogram and its angles, or from the projections of a slice image."""
     from genfield.datasets.ct import SinogramImageDataset
+    from genfield.forward.ct import ParallelBeamProjection, ct_queries, fbp, project_image
     from genfield.metrics import psnr, ssim
-    from genfield.viz.ct import ParallelBeamProjection, ct_queries, fbp, project_image
     from genfield.viz.figures import ct_figure, save_image
 
     resolution = int(run.data.get("resolution") or 32)
@@ -651,9 +651,9 @@ def load_scene(folder: Path, downscale: int = 1) -> tuple[Any, Any | None]:
 
 def reconstruct_views(run: Run, path: Path, cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
     """Novel views of a scene from some of its views."""
+    from genfield.forward.volume import VolumeRenderer, ray_queries
     from genfield.metrics import psnr
     from genfield.viz.figures import image_grid, save_image
-    from genfield.viz.volume import VolumeRenderer, ray_queries
 
     scene, test = load_scene(path, int(cfg.get("downscale") or 1))
     chosen = cfg.get("context_views")

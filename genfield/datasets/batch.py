@@ -6,7 +6,7 @@ batch names the forward map that turns field outputs into observations. Loaders 
 meta-learners, the neural processes, the metrics and the figures consume it unchanged.
 
 Shapes: ``queries`` is ``(S, N, q)`` and ``values`` is ``(S, N, c)``. What a query is depends on the
-forward map: a point of the field domain for :class:`~genfield.viz.forward_maps.PointMap`, an
+forward map: a point of the field domain for :class:`~genfield.forward.point.PointMap`, an
 ``(angle, detector offset)`` pair for CT projections, a ray ``(origin, direction, near, far)`` for
 volume rendering. Within one batch every signal has the same ``N`` (samplers draw fixed counts), so
 no padding is needed.

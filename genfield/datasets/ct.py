@@ -3,7 +3,7 @@
 Signals are :class:`CTSignal`: a slice image ``(H, W, 1)`` (attenuation, zero outside the unit
 disc) and a name. :class:`CTSplit` turns a list of them into a
 :class:`~genfield.datasets.batch.SignalBatch` whose observations are parallel-beam projections
-(:mod:`genfield.viz.ct`): the context at a few angles, the target at many, the slice as ground
+(:mod:`genfield.forward.ct`): the context at a few angles, the target at many, the slice as ground
 truth.
 
 Ellipses are described in the textbook frame of the Shepp-Logan tables (x = column coordinate,
@@ -27,7 +27,7 @@ from einops import rearrange
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.coords import axis_coords
-from genfield.viz.ct import SUPPORTS, ParallelBeamProjection, ct_queries, project_image
+from genfield.forward.ct import SUPPORTS, ParallelBeamProjection, ct_queries, project_image
 
 #: Luminance weights of ``skimage.color.rgb2gray`` (ITU-R BT.709), as for image datasets.
 LUMINANCE = (0.2125, 0.7154, 0.0721)
@@ -288,7 +288,7 @@ class CTSplit:
     ``target_angles`` (``"even"`` by default). Queries ``(theta, t)`` are angle-major, so
     ``values.reshape(S, A, D, 1)`` is the sinogram. Observations are line integrals of the bilinear
     interpolant of the slice with the same rays and quadrature as the batch's forward map
-    (:class:`~genfield.viz.ct.ParallelBeamProjection`), so a field equal to that interpolant
+    (:class:`~genfield.forward.ct.ParallelBeamProjection`), so a field equal to that interpolant
     reproduces them exactly. ``ground_truth`` is the slices ``(S, H, W, 1)``.
 
     Args:
@@ -302,7 +302,7 @@ class CTSplit:
             context and target, and the slice is in ``ground_truth`` for image metrics).
         n_samples: quadrature points per ray, for the data and the forward map; ``None`` means the
             slice resolution (one per pixel across the disc).
-        support: ``"disc"`` or ``"square"`` (see :mod:`genfield.viz.ct`).
+        support: ``"disc"`` or ``"square"`` (see :mod:`genfield.forward.ct`).
     """
 
     n_context_angles: int = 20

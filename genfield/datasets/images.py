@@ -32,7 +32,7 @@ from einops import rearrange, repeat
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
-from genfield.viz.forward_maps import PointMap
+from genfield.forward import PointMap
 
 #: Luminance weights of ``skimage.color.rgb2gray`` (ITU-R BT.709).
 LUMINANCE = (0.2125, 0.7154, 0.0721)
@@ -346,7 +346,7 @@ class ImageSplit:
     context (the neural-process convention). ``target="all"`` is every pixel in raster order.
 
     Queries are pixel-centre coordinates in [-1, 1]^2 (row, column), observed through a
-    :class:`~genfield.viz.forward_maps.PointMap`.
+    :class:`~genfield.forward.point.PointMap`.
 
     Args:
         context_fraction: fraction of the pixels in the context, in (0, 1].

@@ -55,7 +55,7 @@ from scipy.spatial import cKDTree
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
-from genfield.viz.forward_maps import PointMap
+from genfield.forward import PointMap
 
 #: File extensions a :class:`MeshFolder` lists (lower case; matching ignores case).
 MESH_EXTENSIONS: tuple[str, ...] = (".obj", ".ply", ".off", ".stl", ".glb", ".gltf")
@@ -774,7 +774,7 @@ class ShapeSplit:
       on exactly this.
 
     Queries are points ``(S, N, 3)`` observed through a
-    :class:`~genfield.viz.forward_maps.PointMap`; values are ``(S, N, 1)``. Each signal's metadata
+    :class:`~genfield.forward.point.PointMap`; values are ``(S, N, 1)``. Each signal's metadata
     carries its ``name`` and normalised ``mesh`` (for Chamfer distance and IoU); ``extras`` holds
     ``{"target": ..., "context": ...}``. Every random draw comes from ``generator``, so the same
     seed gives the same batch.

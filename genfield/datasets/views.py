@@ -1,7 +1,7 @@
 """Multi-view radiance data: NeRF-synthetic and SRN scenes, built-in ray-cast scenes, view split.
 
 A multi-view signal is a :class:`ViewSignal`: the posed images of one scene. Cameras follow the
-renderer's convention (:mod:`genfield.viz.volume`: OpenGL, looking down -z, y up, pixel centres at
+renderer's convention (:mod:`genfield.forward.volume`: OpenGL, looking down -z, y up, pixel centres at
 ``+0.5``), and every loader rescales the world so the object sits inside the field's cube
 ``[-1, 1]^3``:
 
@@ -39,7 +39,7 @@ from einops import rearrange
 
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
-from genfield.viz.volume import CUBE_RADIUS, VolumeRenderer, camera_rays, ray_queries
+from genfield.forward.volume import CUBE_RADIUS, VolumeRenderer, camera_rays, ray_queries
 
 #: World scale applied to NeRF-synthetic scenes: objects in ~[-1.5, 1.5]^3 -> [-1, 1]^3.
 NERF_SYNTHETIC_SCALE = 2.0 / 3.0
@@ -524,7 +524,7 @@ def raycast_rgba(
 ) -> np.ndarray:
     """Ray-cast one view of a coloured mesh: uint8 RGBA ``(size, size, 4)``.
 
-    One ray per pixel centre (the rays of :func:`~genfield.viz.volume.camera_rays`, so the data
+    One ray per pixel centre (the rays of :func:`~genfield.forward.volume.camera_rays`, so the data
     match the renderer's camera model exactly); Lambert shading with the fixed world light
     :data:`BUILTIN_LIGHT` plus ambient :data:`BUILTIN_AMBIENT`; transparent (alpha 0, RGB 0) where
     the ray misses.
@@ -658,7 +658,7 @@ class ViewSplit:
     observations are the rays of the context views (all pixels, view-major: view ``v``'s ``H * W``
     rays contiguous and row-major; or ``context_rays`` random rays of them, in that order); target
     observations are ``rays_per_signal`` random rays of the target views (all when ``None``). Values
-    are the pixel colours. The forward map is a :class:`~genfield.viz.volume.VolumeRenderer` built
+    are the pixel colours. The forward map is a :class:`~genfield.forward.volume.VolumeRenderer` built
     from the renderer options below.
 
     Attributes:

@@ -24,11 +24,11 @@ from torch import nn
 
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
+from genfield.forward import ForwardMap
 from genfield.meta.inner import inner_loop
 from genfield.meta.learner import AdaptedState, MetaLearner, _module_key
 from genfield.meta.likelihood import mse
 from genfield.meta.tree import Tree, expand_signals, leaves
-from genfield.viz.forward_maps import ForwardMap
 
 
 class InitLearner(MetaLearner):

@@ -85,6 +85,7 @@ from torch import nn
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.distributed import randn_for_shard
 from genfield.errors import InputError, unknown_name
+from genfield.forward import ForwardMap
 from genfield.interface import Prediction
 from genfield.meta.bayes import (
     kl_cross_transpose,
@@ -98,7 +99,6 @@ from genfield.meta.laplace import linearized_variance
 from genfield.meta.learner import AdaptedState, MetaLearner, _module_key
 from genfield.meta.likelihood import gaussian_nll
 from genfield.meta.tree import Tree, expand_signals, leaves
-from genfield.viz.forward_maps import ForwardMap
 
 #: Monte-Carlo noise of the inner loop: one draw per meta-step, or a fresh draw per inner step.
 INNER_NOISE = ("fixed", "fresh")

@@ -25,11 +25,11 @@ import torch
 
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError, unknown_name
+from genfield.forward import ForwardMap
 from genfield.meta.cg import CURVATURES, conjugate_gradient, gauss_newton_hvp
 from genfield.meta.explicit import InitLearner
 from genfield.meta.likelihood import mse
 from genfield.meta.tree import Tree, leaves
-from genfield.viz.forward_maps import ForwardMap
 
 
 class IMAML(InitLearner):

@@ -32,9 +32,9 @@ from torch import nn
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.field import Field
+from genfield.forward import ForwardMap
 from genfield.interface import Prediction, Reconstructor
 from genfield.meta.tree import Tree, tree_all_finite
-from genfield.viz.forward_maps import ForwardMap
 
 
 class MetaStepSkipped(RuntimeWarning):

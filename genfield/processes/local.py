@@ -11,7 +11,7 @@ field's domain, and evaluated at a point ``x`` it gives the evidence the measure
 
 * :class:`BackProjectionFeatures` (CT): for every view ``a`` and grid point ``x``, the view's raw
   and ramp-filtered profiles read at the detector bins around ``t_a(x) = x . e_perp(theta_a)``
-  (:meth:`~genfield.viz.ct.ParallelBeamProjection.backproject_views`) and Fourier features of
+  (:meth:`~genfield.forward.ct.ParallelBeamProjection.backproject_views`) and Fourier features of
   ``theta_a`` go through an MLP; the mean over views (order invariant, any number of views) and
   FBP itself, ``(pi / A) sum_a q_a(t_a(x))``, go through a second MLP. With a linear first MLP this
   contains FBP; the nonlinearity lets the process learn which evidence to trust at few views.

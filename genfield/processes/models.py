@@ -77,6 +77,7 @@ from genfield.distributed import randn_for_shard
 from genfield.errors import InputError, unknown_name
 from genfield.fields.field import Field, FieldConfig, Params
 from genfield.fields.heads import apply_head, head_channels
+from genfield.forward import ForwardMap
 from genfield.interface import Prediction, Reconstructor
 from genfield.kinds import KINDS, options_for_kind
 from genfield.processes.encoders import (
@@ -89,7 +90,6 @@ from genfield.processes.encoders import (
 from genfield.processes.likelihoods import bernoulli_log_prob, gaussian_log_prob, observe
 from genfield.processes.local import build_local_features, sample_grid
 from genfield.processes.tokenizers import DEFAULT_TOKENIZER, build_tokenizer, select_tokens
-from genfield.viz.forward_maps import ForwardMap
 
 MODELS = ("cnp", "np", "anp", "ponp")
 

@@ -1,11 +1,11 @@
 """Novel views and turntable videos of radiance fields, rendered through the volume renderer.
 
-Cameras follow the renderer's convention (:mod:`genfield.viz.volume`: NeRF / OpenGL, the camera
+Cameras follow the renderer's convention (:mod:`genfield.forward.volume`: NeRF / OpenGL, the camera
 looks down its ``-z``, ``y`` up). :func:`look_at` builds camera-to-world matrices;
 :func:`orbit_poses` puts ``n`` of them on a circle around the origin; :func:`render_view` renders
 one image through any forward map, in chunks of rays under ``torch.no_grad``; :func:`turntable`
-writes the orbit as a GIF or MP4. Rays come from :func:`genfield.viz.volume.camera_rays` and are
-clipped to the world cube by :func:`genfield.viz.volume.ray_queries`, so views and training rays
+writes the orbit as a GIF or MP4. Rays come from :func:`genfield.forward.volume.camera_rays` and are
+clipped to the world cube by :func:`genfield.forward.volume.ray_queries`, so views and training rays
 are made the same way.
 
 The default camera sees the whole cube ``[-1, 1]^3``: at distance ``radius`` its field of view is
@@ -25,8 +25,8 @@ import torch
 from einops import rearrange
 
 from genfield.errors import InputError, unknown_name
+from genfield.forward.volume import CUBE_RADIUS, VolumeRenderer, camera_rays, ray_queries
 from genfield.viz.figures import save_image, to_uint8
-from genfield.viz.volume import CUBE_RADIUS, VolumeRenderer, camera_rays, ray_queries
 
 RayRenderer = Callable[[torch.Tensor], torch.Tensor]
 VIDEO_FORMATS = (".gif", ".mp4")
