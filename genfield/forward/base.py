@@ -12,7 +12,8 @@ Fitting, evaluation and figures all call these maps; there is no second implemen
 
 The maps:
 
-* :class:`~genfield.forward.point.PointMap`: the observation is the field value at a point (pixels, SDF and occupancy samples).
+* :class:`~genfield.forward.point.PointMap`: the observation is the field value at a point (pixels,
+  SDF and occupancy samples).
 * :class:`~genfield.forward.ct.ParallelBeamProjection`: line integrals along parallel-beam rays (CT).
 * :class:`~genfield.forward.volume.VolumeRenderer`: emission-absorption volume rendering along rays.
 """
