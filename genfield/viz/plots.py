@@ -52,6 +52,30 @@ def _draw_curves(ax, curves: Mapping[str, Curve], logy: bool, marker: str | None
     ax.grid(True, alpha=0.3)
 
 
+def curves_figure(
+    curves: Mapping[str, Curve],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logy: bool = False,
+    marker: str | None = None,
+    size: tuple[float, float] = (5.0, 3.5),
+    references: References | None = None,
+) -> Figure:
+    """The figure :func:`plot_curves` writes (arguments as there), for callers that add to it."""
+    if not curves and not references:
+        raise InputError("plot_curves: no curves to draw")
+    figure = Figure(figsize=size, layout="constrained")
+    ax = figure.add_subplot()
+    _draw_curves(ax, curves, logy, marker)
+    if len(curves) + _draw_references(ax, references) > 1:
+        ax.legend(fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return figure
+
+
 def plot_curves(
     path: str | os.PathLike,
     curves: Mapping[str, Curve],
@@ -77,14 +101,7 @@ def plot_curves(
     """
     if not curves and not references:
         raise InputError(f"plot_curves {path}: no curves to draw")
-    figure = Figure(figsize=size, layout="constrained")
-    ax = figure.add_subplot()
-    _draw_curves(ax, curves, logy, marker)
-    if len(curves) + _draw_references(ax, references) > 1:
-        ax.legend(fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    figure = curves_figure(curves, xlabel, ylabel, title, logy, marker, size, references)
     return save_figure(figure, path)
 
 
