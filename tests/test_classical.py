@@ -15,6 +15,7 @@ from genfield.classical.gaussian import (
     NOISE_GRID,
     GaussianPrior,
     gaussian_posterior,
+    image_operator,
     linear_operator,
     noise_by_marginal_likelihood,
     shrunk_covariance,
@@ -235,6 +236,28 @@ def test_gaussian_prior_on_ct_matches_the_dense_joint_gaussian():
         expected_var = np.diag(sigma - joint_cross @ np.linalg.solve(gram, joint_cross.T))
         np.testing.assert_allclose(prediction.mean[k, :, 0].numpy(), expected, atol=1e-4)
         np.testing.assert_allclose(prediction.variance[k, :, 0].numpy(), expected_var, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_operator_selects_the_context_pixels(channels):
+    images = torch.rand(2, 5, 4, channels, dtype=torch.float64)
+    batch = image_batch(images, 0.3)
+    operator, values = image_operator(batch)
+    flat = images.reshape(2, -1)
+    torch.testing.assert_close(torch.einsum("snd,sd->sn", operator, flat), values)
+    torch.testing.assert_close(values, batch.context.values.double().reshape(2, -1))
+
+
+def test_gaussian_prior_with_a_fixed_shrinkage_and_too_few_signals():
+    train = PhantomDataset(6, 5, seed=1)
+    prior = GaussianPrior(shrinkage=0.25, noise=1e-2).fit(train)
+    images = np.stack([train[i].image.double().numpy().ravel() for i in range(6)])
+    s = np.cov(images, rowvar=False)
+    np.testing.assert_allclose(prior.cov.numpy(), np.where(np.eye(25, dtype=bool), s, 0.75 * s), atol=1e-12)
+    with pytest.raises(InputError, match="at least 3 training signals"):
+        GaussianPrior().fit(PhantomDataset(2, 5))
+    with pytest.raises(InputError, match="max_dim"):
+        GaussianPrior(max_dim=10).fit(train)
 
 
 def test_gaussian_prior_on_images_adds_the_noise_of_a_new_pixel():

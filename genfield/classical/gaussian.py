@@ -178,12 +178,17 @@ class GaussianPrior:
         shrinkage: the coefficient towards the diagonal in [0, 1]; ``None``: Ledoit–Wolf's closed form.
         noise: a fixed ``sigma^2``; ``None``: maximum marginal likelihood on held-out training signals.
         validation_fraction: the share of the training collection held out to choose ``sigma^2``.
+        max_dim: the largest ``H W C`` accepted (the covariance is dense: ``max_dim^2`` float64).
     """
 
     name = "gaussian-prior"
 
     def __init__(
-        self, shrinkage: float | None = None, noise: float | None = None, validation_fraction: float = 0.1
+        self,
+        shrinkage: float | None = None,
+        noise: float | None = None,
+        validation_fraction: float = 0.1,
+        max_dim: int = 8192,
     ) -> None:
         if shrinkage is not None and not 0 <= shrinkage <= 1:
             raise InputError(f"gaussian-prior shrinkage must be in [0, 1] or null, got {shrinkage}")
@@ -194,11 +199,17 @@ class GaussianPrior:
                 f"gaussian-prior validation_fraction must be in (0, 1), got {validation_fraction}"
             )
         self.shrinkage, self.noise, self.validation_fraction = shrinkage, noise, validation_fraction
+        self.max_dim = max_dim
         self.mean: torch.Tensor | None = None
 
     def fit(self, train: Any) -> GaussianPrior:
         images = training_images(train, self.name)
         self.shape = tuple(images.shape[1:])
+        if math.prod(self.shape) > self.max_dim:
+            raise InputError(
+                f"gaussian-prior: images {self.shape} have {math.prod(self.shape)} values, more than "
+                f"max_dim={self.max_dim} for a dense covariance (use a smaller data size)"
+            )
         flat = rearrange(images.double(), "n h w c -> n (h w c)")
         n_val = 0 if self.noise is not None else max(1, round(self.validation_fraction * len(flat)))
         if len(flat) - n_val < 2:
