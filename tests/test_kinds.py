@@ -145,8 +145,12 @@ def test_each_kind_builds_a_tiny_bundle_and_evaluate_scores_through_its_spec(nam
         expected = np_psnr(np.clip(predicted.numpy(), 0, 1), truth.numpy())
         np.testing.assert_allclose(value, expected, rtol=1e-5)
     if bundle.kind in ("image", "ct"):  # pixel queries: the grid the data's own observations use
+        from genfield.metrics import ssim
+
         assert isinstance(query_map, PointMap)
         assert queries.shape == (batch.num_signals, truth.shape[1], 2)
+        images = predicted.clamp(0, 1).reshape(batch.ground_truth.shape)  # row-major pixels
+        torch.testing.assert_close(evaluation.metrics["ssim"], ssim(images, batch.ground_truth))
     if bundle.kind == "image":  # context pixels sit at the dense queries of their index
         index = batch.extras["context_index"]
         picked = torch.gather(queries, 1, index[..., None].expand(-1, -1, 2))
@@ -227,10 +231,10 @@ class LinearInterpolation:
         return self
 
     def reconstruct(self, batch: SignalBatch) -> Prediction:
-        x, y = batch.context.queries[..., 0].numpy(), batch.context.values[..., 0].numpy()
-        where = get_kind(batch.kind).dense_queries(batch)[0][..., 0].numpy()
+        x, y = batch.context.queries[..., 0].cpu().numpy(), batch.context.values[..., 0].cpu().numpy()
+        where = get_kind(batch.kind).dense_queries(batch)[0][..., 0].cpu().numpy()
         mean = np.stack([np.interp(where[s], x[s], y[s]) for s in range(len(x))])[..., None]
-        return Prediction(mean=torch.as_tensor(mean, dtype=torch.float32))
+        return Prediction(mean=torch.as_tensor(mean, dtype=torch.float32, device=batch.context.values.device))
 
 
 class WaveKind(KindSpec):
@@ -287,7 +291,7 @@ def test_a_kind_registered_by_a_test_runs_through_run_comparison(wave_kind, tmp_
     methods = ["fomaml", "cnp", "random_init"]
     budget = load_group("budget", "tiny")
     rows = run_comparison(
-        [WAVES], methods, "siren", budget, tmp_path, field_overrides=SMALL_FIELD, progress=False
+        [WAVES], methods, "siren", budget, tmp_path, device="cpu", field_overrides=SMALL_FIELD, progress=False
     )
     assert {r.kind for r in rows} == {"wave"}
     classical = [r for r in rows if r.route == "classical"]
