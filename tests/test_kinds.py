@@ -314,3 +314,33 @@ def test_a_kind_registered_by_a_test_runs_through_run_comparison(wave_kind, tmp_
     assert all(np.isfinite(r.value) for r in rows)
     assert "## wave (PSNR" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "waves_psnr_vs_steps.png").is_file()
+
+
+def test_compare_on_ct_scores_the_fbp_baseline_row_like_fbp_of_the_context(tmp_path):
+    from genfield.forward.ct import fbp
+
+    budget = {**load_group("budget", "tiny"), "random_init_steps": 2}
+    data = {"resolution": 12, "n_signals": 4, "eval_context_angles": 6}
+    rows = run_comparison(
+        ["ct_phantoms"],
+        ["random_init"],
+        "siren",
+        budget,
+        tmp_path,
+        device="cpu",
+        data_overrides={"ct_phantoms": data},
+        field_overrides=SMALL_FIELD,
+        progress=False,
+    )
+    assert [(r.method, r.route, r.setting) for r in rows] == [
+        ("fbp", "classical", "fbp"),
+        ("random_init", "baseline", "fit 2"),
+    ]
+    bundle = build_data({**load_group("data", "ct_phantoms", data), "eval_signals": budget["eval_signals"]})
+    batch = bundle.eval_batch("test")
+    angles, n_det = batch.extras["context_angles"], batch.extras["n_detectors"]
+    sinogram = batch.context.values[..., 0].reshape(batch.num_signals, angles.shape[1], n_det)
+    image = fbp(sinogram, angles, output_size=12).clamp(0, 1).numpy()
+    expected = np_psnr(image, batch.ground_truth[..., 0].numpy()).mean()
+    assert rows[0].value == pytest.approx(expected, rel=1e-5)
+    assert (tmp_path / "ct_phantoms" / "ct_random_init_0.png").is_file()
