@@ -104,31 +104,12 @@ def run_train(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     summary["reconstruct_seconds_per_signal"] = (time.perf_counter() - began) / test_batch.num_signals
     summary.update({f"test_{k}": v for k, v in evaluation.summary().items()})
     if cfg.eval.figure:
-        shape_fields = _shape_fields(method, test_batch) if bundle.kind == "shape" else None
-        write_figures(
-            out_dir, test_batch, {summary["method"]: evaluation.prediction}, shape_fields=shape_fields
-        )
+        name = summary["method"]
+        write_figures(out_dir, test_batch, {name: evaluation.prediction}, methods={name: method})
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     scores = ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if k.startswith("test_"))
     print(f"{summary['method']} on {summary['data']}: {result.steps} steps, {scores}; outputs in {out_dir}")
     return summary
-
-
-def _shape_fields(method, batch) -> dict[str, Callable] | None:
-    """A field_fn over 3-D points for the first test shape (marching cubes), from ``reconstruct``."""
-    import torch
-
-    from genfield.forward import PointMap
-
-    first = batch.select(slice(0, 1))
-
-    def field_fn(points: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return method.reconstruct(
-                first.context, first.forward_map, points[None], PointMap(), variance=False
-            ).mean[0]
-
-    return {"reconstruction": field_fn}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

@@ -8,6 +8,9 @@ the notebooks treat it like any learned method.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from genfield.datasets.batch import Observations, SignalBatch
@@ -66,12 +69,19 @@ def fit_from_scratch(
 class RandomInitFit(Reconstructor):
     """Fit each new signal from a random initialisation: nothing is learned across signals."""
 
+    learns_from_collection = False
+
     def __init__(self, field: Field, steps: int = 100, lr: float = 1e-3, seed: int = 0) -> None:
         super().__init__()
         self.field, self.steps, self.lr, self.seed = field, steps, lr, seed
 
     def compute_gradients(self, batch: SignalBatch) -> dict[str, torch.Tensor]:
         return {}
+
+    def settings(self, budget: Mapping[str, Any]) -> list[tuple[str, int | None]]:
+        """Fits of each count of ``budget["random_init_steps"]`` (one count or a list)."""
+        steps = budget["random_init_steps"]
+        return [(f"fit {k}", int(k)) for k in (steps if isinstance(steps, list | tuple) else [steps])]
 
     def reconstruct(
         self,

@@ -7,7 +7,9 @@ they never branch on the route.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,6 +58,15 @@ class Reconstructor(nn.Module, ABC):
 
     #: Whether the method's gradients need double backward through the field (MAML, iMAML, iBaML).
     needs_double_backward: bool = False
+    #: Whether training on a collection changes the method (``False``: nothing is learned across
+    #: signals, so a comparison spends no meta-steps on it).
+    learns_from_collection: bool = True
+
+    def settings(self, budget: Mapping[str, Any]) -> list[tuple[str, int | None]]:
+        """The ``(label, steps)`` at which a comparison evaluates the method under ``budget`` (a
+        ``configs/budget`` dict); ``steps`` goes to :meth:`reconstruct`. Each family overrides it:
+        adaptation steps, a forward pass and test-time optimisation, fits from scratch."""
+        return [("default", None)]
 
     def optimizer_groups(self, lr: float) -> list[dict]:
         """Parameter groups for the trainer's Adam (override to give some parameters their own

@@ -24,7 +24,9 @@ with ``zero_grad(set_to_none=True)`` leaves the meta-parameters untouched); the 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -162,6 +164,10 @@ class MetaLearner(Reconstructor):
         return {k: v.detach() for k, v in metrics.items()}
 
     # -- reconstruction --------------------------------------------------------------------------
+    def settings(self, budget: Mapping[str, Any]) -> list[tuple[str, int | None]]:
+        """After each count of ``budget["adapt_steps"]`` adaptation steps."""
+        return [(f"{k} steps", int(k)) for k in budget["adapt_steps"]]
+
     def adapt(
         self, context: Observations, forward_map: ForwardMap, steps: int | None = None
     ) -> AdaptedState:

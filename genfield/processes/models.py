@@ -29,11 +29,12 @@ point; they join ``[r, z]`` (and the cross-attention output) in the per-point mo
 ``context_subsample = (lo, hi)`` trains on random context sizes (whole projections / views / points),
 the dropped units joining the target, so a model trained on 20 views also meets 1 to 8.
 
-Defaults per data kind (:data:`KIND_PRESETS`): PONP on CT uses both. Measured at test size (24 px
-phantoms, 300 steps, batch 4, tests/test_processes_tasks.py): without them PONP gave ~15.2 dB from
-1, 2, 4 or 8 views alike (the mean phantom); with them 15.9 / 17.1 / 18.7 / 21.1 dB after 100 decoder
-TTO steps against FBP's 7.6 / 11.5 / 16.1 / 20.5. A residual on FBP (output ``softplus(raw +
-softplus^-1(FBP))``) was tried and lost (19.4 dB at 8 views, and FBP's artefacts at 1 to 4 views).
+Defaults per data kind (the kind spec's ``process_defaults``): PONP on CT uses both. Measured at
+test size (24 px phantoms, 300 steps, batch 4, tests/test_processes_tasks.py): without them PONP
+gave ~15.2 dB from 1, 2, 4 or 8 views alike (the mean phantom); with them 15.9 / 17.1 / 18.7 /
+21.1 dB after 100 decoder TTO steps against FBP's 7.6 / 11.5 / 16.1 / 20.5. A residual on FBP
+(output ``softplus(raw + softplus^-1(FBP))``) was tried and lost (19.4 dB at 8 views, and FBP's
+artefacts at 1 to 4 views).
 A method config may hold per-kind overrides: ``build_process(..., by_kind={"ct": {...}})``.
 
 Training objectives (``compute_gradients``), with ``N`` target observations, per observation:
@@ -62,7 +63,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -79,7 +80,7 @@ from genfield.fields.field import Field, FieldConfig, Params
 from genfield.fields.heads import apply_head, head_channels
 from genfield.forward import ForwardMap
 from genfield.interface import Prediction, Reconstructor
-from genfield.kinds import KINDS, options_for_kind
+from genfield.kinds import KINDS, get_kind, options_for_kind
 from genfield.processes.encoders import (
     MLP,
     CrossAttention,
@@ -89,7 +90,7 @@ from genfield.processes.encoders import (
 )
 from genfield.processes.likelihoods import bernoulli_log_prob, gaussian_log_prob, observe
 from genfield.processes.local import build_local_features, sample_grid
-from genfield.processes.tokenizers import DEFAULT_TOKENIZER, build_tokenizer, select_tokens
+from genfield.processes.tokenizers import build_tokenizer, select_tokens
 
 MODELS = ("cnp", "np", "anp", "ponp")
 
@@ -132,9 +133,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ponp": {"encoder": "transformer", "deterministic": True, "attention": False, "latent_dim": 64},
 }
 
-#: Defaults of a model for one data kind, where a part measurably wins there (see the docstring).
+#: Defaults of a model for one data kind, where a part measurably wins there: each kind's spec
+#: holds them (``KindSpec.process_defaults``); this table of the built-in kinds is built from them.
 KIND_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
-    ("ponp", "ct"): {"local_features": True, "context_subsample": (1, 20)},
+    (name, kind): dict(defaults)
+    for kind in KINDS
+    for name, defaults in get_kind(kind).process_defaults.items()
 }
 
 
@@ -170,7 +174,7 @@ class NeuralProcess(Reconstructor):
         self.decoder_module = self.decoder.module  # registered: its parameters are trained
 
         width = config.width
-        tokenizer = config.tokenizer or DEFAULT_TOKENIZER[kind]
+        tokenizer = config.tokenizer or get_kind(kind).tokenizer
         self.tokenizer = build_tokenizer(
             tokenizer, field_config.in_dim, self.obs_channels, **config.tokenizer_options
         )
@@ -201,8 +205,7 @@ class NeuralProcess(Reconstructor):
     # -- construction -------------------------------------------------------------------------
     @staticmethod
     def _validate(field_config: FieldConfig, kind: str, config: ProcessConfig) -> None:
-        if kind not in KINDS:
-            raise unknown_name("batch kind", kind, KINDS)
+        get_kind(kind)  # an unknown kind raises, listing the registered ones
         checks = {
             "encoder": (config.encoder, ("set", "transformer")),
             "objective": (config.objective, ("elbo", "ml")),
@@ -525,6 +528,10 @@ class NeuralProcess(Reconstructor):
         )
 
     @torch.no_grad()
+    def settings(self, budget: Mapping[str, Any]) -> list[tuple[str, int | None]]:
+        """One forward pass, and ``budget["tto_steps"]`` steps of test-time optimisation."""
+        return [("one pass", 0), (f"TTO {budget['tto_steps']}", int(budget["tto_steps"]))]
+
     def reconstruct(
         self,
         context: Observations,
@@ -573,17 +580,19 @@ def build_process(
         field_config_or_field: the signal's field (its head names the data: ``grey``/``rgb`` images,
             ``attenuation`` CT, ``occupancy``/``sdf`` shapes, ``radiance`` views); the decoder copies its
             architecture with an identity head and the process's conditioning.
-        kind: ``image``, ``ct``, ``shape`` or ``views`` (selects the tokenizer).
-        **options: :class:`ProcessConfig` fields overriding the preset and :data:`KIND_PRESETS`;
+        kind: a registered data kind (``image``, ``ct``, ``shape``, ``views``, ...): its spec gives
+            the default tokenizer and the process defaults (:mod:`genfield.kinds`).
+        **options: :class:`ProcessConfig` fields overriding the preset and the kind's defaults;
             ``by_kind={kind: {...}}`` holds further overrides that apply to one data kind only
             (so one method config serves every kind).
 
-    Precedence: ``PRESETS[name]`` < ``KIND_PRESETS[(name, kind)]`` < ``options`` <
+    Precedence: ``PRESETS[name]`` < ``get_kind(kind).process_defaults[name]`` < ``options`` <
     ``options["by_kind"][kind]``.
     """
     if name not in PRESETS:
         raise unknown_name("neural process", name, MODELS)
-    options = {**KIND_PRESETS.get((name, kind), {}), **options_for_kind(options, kind, "process")}
+    defaults = get_kind(kind).process_defaults.get(name, {})
+    options = {**defaults, **options_for_kind(options, kind, "process")}
     known = {f.name for f in fields(ProcessConfig)}
     unknown = set(options) - known
     if unknown:

@@ -28,6 +28,7 @@ from einops import rearrange
 
 from genfield.datasets.batch import Observations
 from genfield.errors import InputError, unknown_name
+from genfield.kinds import KINDS, get_kind
 
 TOKENIZERS = ("points", "pointcloud", "projections", "patches")
 
@@ -170,8 +171,8 @@ def build_tokenizer(name: str, coord_dim: int, value_dim: int, **options) -> obj
     raise unknown_name("tokenizer", name, TOKENIZERS)
 
 
-#: The tokenizer each batch kind uses by default.
-DEFAULT_TOKENIZER = {"image": "points", "shape": "points", "ct": "projections", "views": "patches"}
+#: The tokenizer each built-in kind uses by default (its spec's ``tokenizer``, :mod:`genfield.kinds`).
+DEFAULT_TOKENIZER = {kind: get_kind(kind).tokenizer for kind in KINDS}
 
 
 def select_tokens(tokens: torch.Tensor, budget: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from einops import rearrange
 
 from genfield.errors import InputError, unknown_name
 from genfield.forward.volume import CUBE_RADIUS, VolumeRenderer, camera_rays, ray_queries
-from genfield.viz.figures import save_image, to_uint8
+from genfield.viz.figures import to_uint8
 
 RayRenderer = Callable[[torch.Tensor], torch.Tensor]
 VIDEO_FORMATS = (".gif", ".mp4")
@@ -208,24 +208,3 @@ def turntable(
     frames = torch.stack([render_view(render, c2w, focal, size, chunk=chunk) for c2w in poses])
     return save_video(path, frames.cpu(), fps)
 
-
-def save_views(
-    folder: str | os.PathLike,
-    field_fn: Callable[[torch.Tensor], torch.Tensor] | None,
-    c2w: torch.Tensor,
-    focal: float,
-    size: int,
-    renderer: Callable | None = None,
-    chunk: int = 4096,
-) -> list[Path]:
-    """Render novel views at the cameras ``c2w`` ``(V, 4, 4)`` and write ``view_000.png``, ...
-
-    Returns the paths, in camera order.
-    """
-    render = as_ray_renderer(field_fn, renderer)
-    return [
-        save_image(
-            Path(folder) / f"view_{v:03d}.png", render_view(render, pose, focal, size, chunk=chunk)
-        )
-        for v, pose in enumerate(c2w)
-    ]
