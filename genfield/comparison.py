@@ -197,6 +197,7 @@ def write_results(out_dir: Path, rows: Sequence[Row]) -> None:
         for method in dict.fromkeys(r.method for r in rows if r.data == data_name and r.route == "meta"):
             points = [(r.steps, r.value) for r in rows if r.data == data_name and r.method == method]
             curves[method] = ([p[0] for p in points], [p[1] for p in points])
+        references = {r.method: r.value for r in rows if r.data == data_name and r.route == "classical"}
         if curves:
             metric = next(r.metric for r in rows if r.data == data_name)
             plot_curves(
@@ -205,6 +206,7 @@ def write_results(out_dir: Path, rows: Sequence[Row]) -> None:
                 "adaptation steps",
                 metric.upper(),
                 title=data_name,
+                references={k: v for k, v in references.items() if math.isfinite(v)},
             )
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from genfield.classical.ct import fbp_images as fbp_baseline
 from genfield.datasets.batch import SignalBatch
 from genfield.interface import Prediction
 from genfield.kinds import get_kind
-from genfield.kinds.ct import fbp_baseline
 
 __all__ = ["context_mask", "fbp_baseline", "write_figures"]
 

@@ -2,8 +2,8 @@
 
 Each reconstructs a batch's signals from their context, at the batch's dense evaluation queries, so
 a classical row is scored exactly like a learned one. :func:`build_baseline` makes one by name (an
-unknown name lists the valid ones); :data:`BASELINES_BY_KIND` names those that run on each kind,
-strongest reference first.
+unknown name lists the valid ones); each kind's spec (:mod:`genfield.kinds`) lists those that run on
+it, strongest reference first.
 
 ========================  ======  ====================================================================
 name                      kinds   what
@@ -48,15 +48,6 @@ BASELINES: dict[str, Callable[..., Baseline]] = {
     "nearest-view": NearestView,
 }
 
-#: The baselines that run on each data kind.
-BASELINES_BY_KIND: dict[str, tuple[str, ...]] = {
-    "image": ("biharmonic", "gaussian-prior", "mean"),
-    "ct": ("gaussian-prior", "sart", "fbp", "mean"),
-    "shape": ("rbf", "nearest", "mean-shape"),
-    "views": ("nearest-view",),
-}
-
-
 def build_baseline(name: str, **options: Any) -> Baseline:
     """The baseline registered as ``name``, built with ``options`` (e.g. ``iterations=10`` for SART)."""
     if name not in BASELINES:
@@ -67,16 +58,8 @@ def build_baseline(name: str, **options: Any) -> Baseline:
         raise InputError(f"baseline {name!r}: {exc}") from exc
 
 
-def baselines_for(kind: str) -> tuple[str, ...]:
-    """The names of the baselines that run on data ``kind``."""
-    if kind not in BASELINES_BY_KIND:
-        raise unknown_name("data kind", kind, list(BASELINES_BY_KIND))
-    return BASELINES_BY_KIND[kind]
-
-
 __all__ = [
     "BASELINES",
-    "BASELINES_BY_KIND",
     "FBP",
     "RBF",
     "SART",
@@ -87,7 +70,6 @@ __all__ = [
     "MeanSignal",
     "Nearest",
     "NearestView",
-    "baselines_for",
     "build_baseline",
     "fbp_images",
 ]

@@ -16,9 +16,9 @@ from skimage.restoration import inpaint_biharmonic
 
 from genfield.classical.base import pixel_prediction, require_kind, training_images
 from genfield.datasets.batch import SignalBatch
+from genfield.datasets.images import context_mask
 from genfield.errors import InputError
 from genfield.interface import Prediction
-from genfield.reports import context_mask
 
 
 class Biharmonic:

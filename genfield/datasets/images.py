@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -424,3 +425,19 @@ class ImageSplit:
             ground_truth=images,
             extras=extras,
         )
+
+
+def context_mask(batch: Any) -> torch.Tensor | None:
+    """``(S, H, W)`` true at the observed pixels of an image batch (``None`` without a pixel index).
+
+    The batch's ``extras["context_index"]`` holds, per signal, the flat (row-major) indices of its
+    context pixels (see :class:`ImageSplit`).
+    """
+    index = batch.extras.get("context_index")
+    if index is None:
+        return None
+    height, width = batch.ground_truth.shape[1:3]
+    mask = torch.zeros(batch.num_signals, height * width, dtype=torch.bool, device=index.device)
+    mask.scatter_(1, index, True)
+    return mask.reshape(-1, height, width)
+

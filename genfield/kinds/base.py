@@ -20,11 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch.utils.data import Subset
 
+from genfield.classical.base import Baseline
 from genfield.datasets.batch import SignalBatch
 from genfield.errors import InputError, unknown_name
 from genfield.interface import Prediction
@@ -57,18 +58,6 @@ class DataBundle:
         count = min(count or self.eval_signals, len(dataset))
         signals = [dataset[i] for i in range(count)]
         return self.eval_split(signals, seeded_generator(seed, 7919))
-
-
-class Baseline(Protocol):
-    """A classical reconstruction method, scored beside the learned ones (``compare``)."""
-
-    name: str  # the row label, e.g. "fbp", "sart-5", "biharmonic"
-
-    def fit(self, train: Any) -> Baseline:
-        """Learn from the training collection (or do nothing); return ``self``."""
-
-    def reconstruct(self, batch: SignalBatch) -> Prediction:
-        """The prediction at the kind's dense evaluation queries of ``batch`` (what is scored)."""
 
 
 class KindSpec:

@@ -12,48 +12,18 @@ beat FBP from 8 views (processes/models.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import torch
-from einops import rearrange
 
+from genfield.classical import FBP, SART, GaussianPrior, MeanSignal
+from genfield.classical.ct import context_sinograms, fbp_images
 from genfield.datasets.batch import SignalBatch
 from genfield.interface import Prediction
 from genfield.kinds.base import DataBundle, KindSpec, make_bundle, option, require_folder, three_way
 from genfield.kinds.image import image_scores, pixel_queries, prediction_images
-
-
-def context_sinograms(batch: SignalBatch) -> torch.Tensor:
-    """``(S, A, D)`` the context projections of a CT batch, one row per angle."""
-    from genfield.forward.ct import as_sinogram
-
-    return as_sinogram(batch.context.values, batch.extras["n_detectors"])[:, 0]
-
-
-def fbp_baseline(batch: SignalBatch, filter_name: str | None = "ramp") -> torch.Tensor:
-    """Filtered back-projection ``(S, H, W)`` of each signal's context projections."""
-    from genfield.forward.ct import fbp
-
-    size = batch.ground_truth.shape[1]
-    return fbp(context_sinograms(batch), batch.extras["context_angles"], size, filter_name=filter_name)
-
-
-@dataclass
-class FBPBaseline:
-    """Filtered back-projection of the context projections: nothing is learned from the collection."""
-
-    name: str = "fbp"
-    filter_name: str | None = "ramp"
-
-    def fit(self, train: Any) -> FBPBaseline:
-        return self
-
-    def reconstruct(self, batch: SignalBatch) -> Prediction:
-        image = fbp_baseline(batch, self.filter_name)
-        return Prediction(mean=rearrange(image, "s h w -> s (h w) 1"))
 
 
 class CTKind(KindSpec):
@@ -62,7 +32,7 @@ class CTKind(KindSpec):
     metric = "psnr"
     tokenizer = "projections"
     process_defaults = MappingProxyType({"ponp": {"local_features": True, "context_subsample": (1, 20)}})
-    baselines = (FBPBaseline,)
+    baselines = (GaussianPrior, SART, FBP, MeanSignal)
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
         return "attenuation"
@@ -101,7 +71,7 @@ class CTKind(KindSpec):
     ) -> list[Path]:
         from genfield.viz.figures import ct_figure
 
-        truth, fbp, sinograms = batch.ground_truth, fbp_baseline(batch), context_sinograms(batch)
+        truth, fbp, sinograms = batch.ground_truth, fbp_images(batch), context_sinograms(batch)[0]
         written = []
         for name, prediction in predictions.items():
             mean, std = prediction_images(prediction, truth), prediction_images(prediction, truth, std=True)

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from einops import rearrange
 
+from genfield.classical import Biharmonic, GaussianPrior, MeanSignal
 from genfield.datasets.batch import SignalBatch
+from genfield.datasets.images import context_mask
 from genfield.fields.coords import grid_coords
 from genfield.forward import PointMap
 from genfield.interface import Prediction
@@ -59,6 +61,7 @@ class ImageKind(KindSpec):
     in_dim = 2
     metric = "psnr"
     tokenizer = "points"
+    baselines = (Biharmonic, GaussianPrior, MeanSignal)
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
         return "grey" if channels == 1 else "rgb"
@@ -85,13 +88,7 @@ class ImageKind(KindSpec):
         return image_scores(mean, batch.ground_truth)
 
     def context_mask(self, batch: SignalBatch) -> torch.Tensor | None:
-        index = batch.extras.get("context_index")
-        if index is None:
-            return None
-        height, width = batch.ground_truth.shape[1:3]
-        mask = torch.zeros(batch.num_signals, height * width, dtype=torch.bool, device=index.device)
-        mask.scatter_(1, index, True)
-        return mask.reshape(-1, height, width)
+        return context_mask(batch)
 
     def write_figures(
         self,

@@ -9,12 +9,14 @@ domain: one a caller gives, or the method's ``reconstruct`` adapted to the first
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from genfield.classical import RBF, MeanShape, Nearest
 from genfield.datasets.batch import SignalBatch
 from genfield.forward import PointMap
 from genfield.interface import Prediction
@@ -47,6 +49,8 @@ class ShapeKind(KindSpec):
     in_dim = 3
     metric = "iou"
     tokenizer = "points"
+    #: the mean shape from at most 32 training shapes: its cost is reading them
+    baselines = (RBF, Nearest, functools.partial(MeanShape, max_shapes=32))
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
         return str(option(cfg, "target", "occupancy"))
