@@ -163,7 +163,7 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
         raise InputError(f"mesh {path} has non-finite (NaN or inf) vertex coordinates")
     mesh = trimesh.Trimesh(vertices, np.asarray(raw.faces), process=True)
     if len(mesh.faces) == 0 or float(np.ptp(mesh.vertices, axis=0).max()) <= 0:
-        raise InputError(f"mesh {path} is degenerate (no triangle of non-zero area left after merging vertices)")
+        raise InputError(f"mesh {path} is degenerate (no triangle of non-zero area after merging vertices)")
     if _is_flat(mesh.vertices):
         raise InputError(
             f"mesh {path} is flat (all {len(mesh.vertices)} vertices lie in one plane): it encloses no "
