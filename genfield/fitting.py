@@ -14,7 +14,7 @@ from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.field import Field, Params
 from genfield.forward import ForwardMap
-from genfield.interface import Prediction, Reconstructor
+from genfield.interface import Adapted, Prediction, Reconstructor
 
 
 def fit_from_scratch(
@@ -84,6 +84,17 @@ class RandomInitFit(Reconstructor):
         num_samples: int = 16,
         variance: bool = True,
     ) -> Prediction:
+        return self.condition_on(context, context_map, steps=steps).predict(queries, query_map)
+
+    def condition_on(
+        self,
+        context: Observations,
+        context_map: ForwardMap,
+        *,
+        steps: int | None = None,
+        num_samples: int = 16,
+    ) -> FittedFields:
+        """Fit once; the fitted parameters serve every later prediction."""
         with torch.enable_grad():
             params, _ = fit_from_scratch(
                 self.field,
@@ -93,8 +104,18 @@ class RandomInitFit(Reconstructor):
                 lr=self.lr,
                 seed=self.seed,
             )
+        return FittedFields(self.field, params)
+
+
+class FittedFields(Adapted):
+    """Per-signal fitted parameters: a deterministic prediction (no variance)."""
+
+    def __init__(self, field: Field, params: Params) -> None:
+        self.field, self.params = field, params
+
+    def predict(self, queries: torch.Tensor, query_map: ForwardMap, *, variance: bool = True) -> Prediction:
         with torch.no_grad():
-            return Prediction(mean=query_map(self.field.bind(params), queries))
+            return Prediction(mean=query_map(self.field.bind(self.params), queries))
 
 
 def load_image_signal(source: str, size: int | None = None, grey: bool = False) -> torch.Tensor:
