@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
 from genfield.forward import PointMap
 from genfield.interface import Adapted, Prediction, Reconstructor
+from genfield.outputs import check_output_folder, discard_if_empty
 
 CHECKPOINT = Path("checkpoints") / "last.safetensors"
 #: The config groups a run is built from, and the key that names the group's option.
@@ -1038,29 +1038,3 @@ def option_defaults() -> dict[str, Any]:
     path = Path(__file__).parent.parent / CONFIG_PATH / "reconstruct.yaml"
     config = OmegaConf.to_container(OmegaConf.load(path))
     return {k: v for k, v in config.items() if k not in ("defaults", "hydra", "run", "input")}
-
-
-def check_output_folder(folder: Path, key: str) -> None:
-    """Raise :class:`InputError` unless ``folder`` is, or can be created as, a writable folder.
-
-    Nothing is created: the nearest existing ancestor must be a folder we may write into.
-    """
-    folder = Path(folder).expanduser()
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise InputError(f"{key}={folder}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{key}={folder}: cannot write into {existing} (permission denied)")
-
-
-def discard_if_empty(folder: Path) -> None:
-    """Remove an output folder that holds nothing but Hydra's own files (``.hydra/``, ``*.log``)."""
-    import shutil
-
-    if not folder.is_dir():
-        return
-    entries = list(folder.iterdir())
-    if all(e.name == ".hydra" or (e.is_file() and e.suffix == ".log") for e in entries):
-        shutil.rmtree(folder, ignore_errors=True)
