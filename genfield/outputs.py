@@ -28,11 +28,20 @@ def check_output_folder(folder: str | os.PathLike, key: str) -> None:
         raise InputError(f"{key}={folder}: cannot write into {existing} (permission denied)")
 
 
-def discard_if_empty(folder: str | os.PathLike) -> None:
-    """Remove an output folder that holds nothing but Hydra's own files (``.hydra/``, ``*.log``)."""
+def discard_if_empty(folder: str | os.PathLike, up_to: str | os.PathLike | None = None) -> None:
+    """Remove an output folder that holds nothing but Hydra's own files (``.hydra/``, ``*.log``);
+    with ``up_to``, also its parents below ``up_to`` that are left empty (``outputs/<command>/``)."""
     folder = Path(folder)
     if not folder.is_dir():
         return
     entries = list(folder.iterdir())
-    if all(e.name == ".hydra" or (e.is_file() and e.suffix == ".log") for e in entries):
-        shutil.rmtree(folder, ignore_errors=True)
+    if not all(e.name == ".hydra" or (e.is_file() and e.suffix == ".log") for e in entries):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    if up_to is None:
+        return
+    stop = Path(up_to).absolute()
+    parent = folder.absolute().parent
+    while parent != stop and parent.is_relative_to(stop) and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent

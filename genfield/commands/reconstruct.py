@@ -509,6 +509,12 @@ def _sinogram(path: Path, kind: str, cfg: Mapping[str, Any]) -> torch.Tensor:
             f"sinogram {path} holds values up to {top:.3g}; line integrals in domain units are expected "
             "(an image in [0, 1] gives at most 2): rescale it with sinogram_scale="
         )
+    return sinogram.float()
+
+
+def _warn_if_pixel_sums(sinogram: torch.Tensor, path: Path, cfg: Mapping[str, Any]) -> None:
+    """A hint on stderr when a sinogram in domain units looks like pixel sums (skimage's units)."""
+    top = float(sinogram.abs().max())
     if top > PLAUSIBLE_LINE_INTEGRAL and cfg.get("sinogram_units", "domain") == "domain":
         print(
             f"genfield: warning: sinogram {path} holds values up to {top:.3g}, more than line integrals "
@@ -516,7 +522,6 @@ def _sinogram(path: Path, kind: str, cfg: Mapping[str, Any]) -> torch.Tensor:
             "sinogram_units=skimage",
             file=sys.stderr,
         )
-    return sinogram.float()
 
 
 def reconstruct_ct(run: Run, path: Path, kind: str, cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
@@ -551,6 +556,7 @@ def reconstruct_ct(run: Run, path: Path, kind: str, cfg: Mapping[str, Any], out:
                 f"sinogram {path} has {sinogram.shape[0]} rows (angles) but {len(angles)} angles "
                 f"were given (rows are angles){hint}"
             )
+        _warn_if_pixel_sums(sinogram, path, cfg)
         n_det = sinogram.shape[1]
         queries = ct_queries(angles[None], n_det)
         values = rearrange(sinogram, "a d -> 1 (a d) 1")
@@ -964,8 +970,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         metrics = reconstruct(plain(cfg), out, list(HydraConfig.get().overrides.task))
     except InputError:
-        if not _OUT_EXISTED.get(str(out), False):  # no empty (timestamped) folder per failed call
-            discard_if_empty(out)
+        if cfg.get("out"):
+            if not _OUT_EXISTED.get(str(out), False):
+                discard_if_empty(out)
+        else:  # no empty timestamped folder (nor empty outputs/reconstruct/) per failed call
+            discard_if_empty(out, up_to=Path.cwd())
         raise
     scores = ", ".join(
         f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float) and not k.endswith("_max")
