@@ -9,7 +9,10 @@ into the context observations the run was trained on, through the same loaders a
   image is the ground truth: PSNR and SSIM.
 * CT runs: a sinogram (``.npy`` ``(A, D)`` line integrals in domain units, rows = angles, or an
   image file with ``input_type=sinogram``) with its ``angles``; or an image of a slice, projected at
-  ``angles`` (then the slice is the ground truth: PSNR of the method and of FBP).
+  ``angles`` (then the slice is the ground truth: PSNR of the method and of FBP). An angles file
+  holds radians in ``[0, 2 pi)`` unless ``angle_unit=deg|rad`` says otherwise; repeated angles are
+  refused. ``sinogram_units=skimage`` converts a ``skimage.transform.radon`` sinogram (``(D, A)``
+  pixel sums: transposed and times ``2 / N``); values that look like pixel sums get a hint.
 * shape runs: a mesh (labelled or surface context, as the run was trained) or a point cloud
   (surface context only); ``n_context`` points are drawn (seeded). The predictive mean is meshed by
   marching cubes; IoU on labelled points and Chamfer distance when a mesh gives the ground truth.
@@ -17,8 +20,14 @@ into the context observations the run was trained on, through the same loaders a
   (default: the run's first ``n_context_views``), the test views (or the remaining ones) are
   rendered and scored by PSNR.
 
+Every option is type- and range-checked (:data:`OPTION_RULES`) before any file is read; the
+method adapts to the context once (:meth:`~genfield.interface.Reconstructor.condition_on`) and
+every rendered view and marching-cubes chunk is predicted from that state, with a progress bar.
+
 Outputs go to ``out`` (default: Hydra's run directory): PNGs of the reconstruction and of the
-predictive standard deviation where the method has one, a figure, ``metrics.json``.
+predictive standard deviation where the method has one, a figure, ``metrics.json``. With ``out=``
+Hydra writes nothing else (no ``./outputs``, no ``.hydra``); a call that fails on bad input leaves
+no folder it made behind, and changes no file already in ``out``.
 """
 
 from __future__ import annotations
