@@ -434,3 +434,25 @@ def test_skimage_sinogram_through_reconstruct_gives_the_fbp_of_its_slice(ct_run,
     fbp_png = iio.imread(tmp_path / "out" / "fbp.png") / 255.0
     centre = (rows - 7.5) ** 2 + (cols - 7.5) ** 2 < 9  # away from the blurred rim
     assert abs(fbp_png[centre].mean() - 0.7) < 0.1  # not 16 / 2 = 8 times too bright (clipped at 1)
+
+
+def test_ibaml_condition_on_keeps_the_posterior_for_chunked_mean_and_variance():
+    from genfield.fields import build_field
+    from genfield.forward import PointMap
+    from genfield.meta.ibaml import IBaML
+
+    torch.manual_seed(0)
+    learner = IBaML(build_field("siren", head="grey", hidden=16), inner_steps=3)
+    gen = torch.Generator().manual_seed(0)
+    context = genfield.datasets.batch.Observations(
+        torch.rand(1, 20, 2, generator=gen) * 2 - 1, torch.rand(1, 20, 1, generator=gen)
+    )
+    queries = torch.rand(1, 30, 2, generator=gen) * 2 - 1
+    torch.manual_seed(1)
+    whole = learner.reconstruct(context, PointMap(), queries, PointMap(), num_samples=4)
+    torch.manual_seed(1)
+    adapted = learner.condition_on(context, PointMap(), num_samples=4)
+    parts = [adapted.predict(q, PointMap()) for q in queries.split(10, dim=1)]
+    torch.testing.assert_close(torch.cat([p.mean for p in parts], dim=1), whole.mean)
+    torch.testing.assert_close(torch.cat([p.variance for p in parts], dim=1), whole.variance)
+    assert float(whole.variance.min()) > 0  # a real predictive variance, not zeros on both sides
