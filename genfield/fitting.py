@@ -8,6 +8,8 @@ the notebooks treat it like any learned method.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +19,7 @@ from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.field import Field, Params
 from genfield.forward import ForwardMap
-from genfield.interface import Prediction, Reconstructor
+from genfield.interface import Adapted, Prediction, Reconstructor
 
 
 def fit_from_scratch(
@@ -94,6 +96,17 @@ class RandomInitFit(Reconstructor):
         num_samples: int = 16,
         variance: bool = True,
     ) -> Prediction:
+        return self.condition_on(context, context_map, steps=steps).predict(queries, query_map)
+
+    def condition_on(
+        self,
+        context: Observations,
+        context_map: ForwardMap,
+        *,
+        steps: int | None = None,
+        num_samples: int = 16,
+    ) -> FittedFields:
+        """Fit once; the fitted parameters serve every later prediction."""
         with torch.enable_grad():
             params, _ = fit_from_scratch(
                 self.field,
@@ -103,8 +116,18 @@ class RandomInitFit(Reconstructor):
                 lr=self.lr,
                 seed=self.seed,
             )
+        return FittedFields(self.field, params)
+
+
+class FittedFields(Adapted):
+    """Per-signal fitted parameters: a deterministic prediction (no variance)."""
+
+    def __init__(self, field: Field, params: Params) -> None:
+        self.field, self.params = field, params
+
+    def predict(self, queries: torch.Tensor, query_map: ForwardMap, *, variance: bool = True) -> Prediction:
         with torch.no_grad():
-            return Prediction(mean=query_map(self.field.bind(params), queries))
+            return Prediction(mean=query_map(self.field.bind(self.params), queries))
 
 
 def load_image_signal(source: str, size: int | None = None, grey: bool = False) -> torch.Tensor:
@@ -132,6 +155,43 @@ def load_image_signal(source: str, size: int | None = None, grey: bool = False) 
     return square_image(array, size)
 
 
+#: SSIM's Gaussian window: the smallest image side that ``fit`` can score.
+MIN_SIZE = 11
+#: Without ``--size``, an image with more pixels than this is fitted at ``AUTO_SIZE`` (each step
+#: evaluates every pixel: a 512 x 512 photo already takes seconds per step on a laptop CPU).
+AUTO_SIZE = 256
+#: Points per field evaluation when the fitted field is evaluated on the whole image.
+EVAL_CHUNK = 65_536
+
+
+def check_fit_options(steps: int, size: int | None, lr: float | None, out_dir: str | os.PathLike) -> None:
+    """Every option of :func:`fit_image` checked before the image is read: one line naming it."""
+    from genfield.outputs import check_output_folder
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"--steps must be positive (an integer >= 1), got {steps}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < MIN_SIZE):
+        raise InputError(f"--size {size}: expected an integer >= {MIN_SIZE} (SSIM's window), or no --size")
+    if lr is not None and not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise InputError(f"--lr {lr}: expected a finite number > 0, or no --lr (the field's default)")
+    check_output_folder(out_dir, "--out")
+
+
+def activation_bytes(field: Field, points: int) -> int:
+    """A rough estimate of the memory one full-batch Adam step needs: the float32 activations of
+    every linear layer at every point, kept for the backward pass, with their gradients (x 3)."""
+    widths = sum(m.out_features for m in field.module.modules() if isinstance(m, torch.nn.Linear))
+    return 3 * 4 * points * max(widths, 1)
+
+
+def predict_in_chunks(
+    field: Field, params: Params, queries: torch.Tensor, chunk: int = EVAL_CHUNK
+) -> torch.Tensor:
+    """``field(params, queries)`` for ``(S, M, d)`` queries, ``chunk`` points at a time (bounded memory)."""
+    with torch.no_grad():
+        return torch.cat([field(params, part) for part in queries.split(chunk, dim=1)], dim=1)
+
+
 def fit_image(
     source: str,
     steps: int = 500,
@@ -144,10 +204,15 @@ def fit_image(
 ) -> dict[str, float | str]:
     """Fit one field from a random initialisation to an image and write the results.
 
-    Writes ``reconstruction.png``, ``comparison.png`` (ground truth beside reconstruction) and
-    ``metrics.json`` (PSNR, SSIM, steps, seconds) into ``out_dir``; returns the metrics.
+    Every option is checked first (``size`` >= 11 for SSIM, ``lr`` finite and > 0, ``out_dir``
+    writable). Without ``size``, an image of more than ``AUTO_SIZE^2`` pixels is centre-cropped and
+    resized to ``AUTO_SIZE`` with a note on stderr giving the full-size memory estimate (each step
+    is one batch of every pixel). Writes ``reconstruction.png``, ``comparison.png`` (ground truth
+    beside reconstruction) and ``metrics.json`` (PSNR, SSIM, steps, seconds) into ``out_dir``;
+    returns the metrics.
     """
     import json
+    import sys
     import time
     from pathlib import Path
 
@@ -158,22 +223,46 @@ def fit_image(
     from genfield.metrics import psnr, ssim
     from genfield.viz.figures import save_image
 
+    check_fit_options(steps, size, lr, out_dir)
     image = load_image_signal(source, size)
     height, width, channels = image.shape
     field = build_field(field_name, head="rgb" if channels == 3 else "grey")
+    if size is None and height * width > AUTO_SIZE**2:
+        estimate = activation_bytes(field, height * width) / 2**30
+        print(
+            f"genfield: note: {source} is {height} x {width}; every step fits all pixels at once "
+            f"(~{estimate:.1f} GiB at full size), so it is centre-cropped and resized to {AUTO_SIZE} x "
+            f"{AUTO_SIZE}: give --size N to choose",
+            file=sys.stderr,
+        )
+        image = load_image_signal(source, AUTO_SIZE)
+        height, width, channels = image.shape
+    if min(height, width) < MIN_SIZE:
+        raise InputError(
+            f"image {source} is {height} x {width}; fit scores SSIM, which needs at least "
+            f"{MIN_SIZE} x {MIN_SIZE} pixels"
+        )
     observations = Observations(grid_coords((height, width))[None], image.reshape(1, -1, channels))
     default_lr = {"hashgrid": 1e-2}.get(field_name, 1e-3)
     began = time.perf_counter()
     params, history = fit_from_scratch(
-        field, observations, PointMap(), steps=steps, lr=lr or default_lr, seed=seed, progress=progress
+        field,
+        observations,
+        PointMap(),
+        steps=steps,
+        lr=default_lr if lr is None else lr,
+        seed=seed,
+        progress=progress,
     )
     seconds = time.perf_counter() - began
-    with torch.no_grad():
-        reconstruction = field(params, observations.queries).reshape(1, height, width, channels)
+    reconstruction = predict_in_chunks(field, params, observations.queries).reshape(
+        1, height, width, channels
+    )
     metrics: dict[str, float | str] = {
         "source": source,
         "field": field_name,
         "steps": steps,
+        "image_size": f"{height}x{width}",
         "psnr": float(psnr(reconstruction, image[None])[0]),
         "ssim": float(ssim(reconstruction, image[None])[0]),
         "final_loss": float(history[-1, 0]),

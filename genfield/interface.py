@@ -47,6 +47,46 @@ class Prediction:
         return (self.variance - self.noise_variance).clamp_min(0).sqrt()
 
 
+class Adapted(ABC):
+    """A method conditioned on one context (adapted once): predict at any queries, in any number of
+    calls, without adapting again (rendered views, marching-cubes chunks, tiles of a large image)."""
+
+    @abstractmethod
+    def predict(self, queries: torch.Tensor, query_map: ForwardMap, *, variance: bool = True) -> Prediction:
+        """Predicted observations at ``queries`` ``(S, M, q)`` through ``query_map``; see
+        :meth:`Reconstructor.reconstruct` for ``variance``."""
+
+
+class Deferred(Adapted):
+    """The fallback :class:`Adapted` of a method without its own: every :meth:`predict` calls
+    :meth:`Reconstructor.reconstruct` (so it adapts again each time, under the same seed)."""
+
+    def __init__(
+        self,
+        method: Reconstructor,
+        context: Observations,
+        context_map: ForwardMap,
+        steps: int | None,
+        num_samples: int,
+    ) -> None:
+        self.method, self.context, self.context_map = method, context, context_map
+        self.steps, self.num_samples = steps, num_samples
+        self.seed = int(torch.randint(0, 2**62, (1,)))  # each call draws what the first would
+
+    def predict(self, queries: torch.Tensor, query_map: ForwardMap, *, variance: bool = True) -> Prediction:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return self.method.reconstruct(
+                self.context,
+                self.context_map,
+                queries,
+                query_map,
+                steps=self.steps,
+                num_samples=self.num_samples,
+                variance=variance,
+            )
+
+
 class Reconstructor(nn.Module, ABC):
     """A method that learns from a collection and reconstructs new signals from their context.
 
@@ -103,3 +143,20 @@ class Reconstructor(nn.Module, ABC):
                 where it costs more than the mean (iBaML's Laplace predictive needs Jacobians);
                 the prediction's ``variance`` may then be ``None``.
         """
+
+    def condition_on(
+        self,
+        context: Observations,
+        context_map: ForwardMap,
+        *,
+        steps: int | None = None,
+        num_samples: int = 16,
+    ) -> Adapted:
+        """Adapt to ``context`` once; the returned :class:`Adapted` predicts at any queries.
+
+        ``reconstruct(context, map, queries, query_map)`` equals
+        ``condition_on(context, map).predict(queries, query_map)``. Methods override this to keep
+        their adapted state (meta-learners: the inner loop's parameters; neural processes: the
+        latent draws and test-time refinement); the default re-runs :meth:`reconstruct` per call.
+        """
+        return Deferred(self, context, context_map, steps, num_samples)

@@ -4,17 +4,18 @@
 * :func:`ssim`: structural similarity (Wang et al. 2004) with an 11-tap Gaussian window,
   ``sigma = 1.5``, ``K1 = 0.01``, ``K2 = 0.03``; equal to ``skimage.metrics.structural_similarity``
   with ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False``.
-* :func:`iou`: intersection over union of occupancy grids.
+* :func:`iou`: intersection over union of occupancy grids (NaN, with a warning, where both are empty).
 * :func:`chamfer_distance` (trimesh meshes) and :func:`chamfer_points` (point sets in torch): the
   symmetric Chamfer distance with *unsquared* Euclidean distances ("Chamfer-L1" of Occupancy
   Networks), ``CD(A, B) = 1/2 (mean_a min_b |a - b| + mean_b min_a |a - b|)``.
 
 Batched metrics take tensors with a leading signal dimension ``S`` and return ``(S,)`` tensors
-without host synchronisation.
+without host synchronisation (``iou`` checks once, after the counts, for undefined values).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,10 @@ from einops import rearrange
 from scipy.spatial import cKDTree
 
 from genfield.errors import InputError
+
+
+class UndefinedMetric(RuntimeWarning):
+    """A metric is undefined for some signal (e.g. the IoU of two empty occupancies) and is NaN."""
 
 
 def _check_same_shape(pred: torch.Tensor, target: torch.Tensor, what: str) -> None:
@@ -114,14 +119,24 @@ def ssim(
 def iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Intersection over union of boolean occupancies ``(S, ...)`` per signal.
 
-    Two empty occupancies agree perfectly and score 1.
+    Two empty occupancies have no union: their IoU is undefined (``0 / 0``), so it is NaN with an
+    :class:`UndefinedMetric` warning, not a perfect score (an empty ground truth is a degenerate
+    shape, and a method that predicts nothing would otherwise score 1 on it).
     """
     _check_same_shape(pred, target, "iou")
     pred, target = pred.bool().flatten(1), target.bool().flatten(1)
     inter = (pred & target).sum(dim=1)
     union = (pred | target).sum(dim=1)
     ratio = inter.float() / union.clamp_min(1).float()
-    return torch.where(union > 0, ratio, torch.ones_like(ratio))
+    empty = union == 0
+    if bool(empty.any()):  # one host sync per metric call, outside any inner loop
+        warnings.warn(
+            f"iou: {int(empty.sum())} of {len(union)} signal(s) have empty predicted and target "
+            "occupancy; their IoU is undefined (NaN)",
+            UndefinedMetric,
+            stacklevel=2,
+        )
+    return torch.where(empty, torch.full_like(ratio, float("nan")), ratio)
 
 
 def chamfer_points(a: torch.Tensor, b: torch.Tensor, squared: bool = False) -> torch.Tensor:

@@ -61,6 +61,29 @@ def test_fit_builtin_shorthand_and_each_field(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["field"] == "fourier"
 
 
+def test_fit_without_size_fits_a_large_image_at_a_working_size_with_a_note(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    iio.imwrite(tmp_path / "large.png", (rng.random((300, 320, 3)) * 255).astype(np.uint8))
+    main(["fit", str(tmp_path / "large.png"), "--steps", "1", "--out", str(tmp_path / "out")])
+    note = capsys.readouterr().err
+    assert "is 300 x 320" in note and "GiB at full size" in note and "--size N" in note
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["image_size"] == "256x256"
+    assert iio.imread(tmp_path / "out" / "reconstruction.png").shape == (256, 256, 3)
+
+
+def test_chunked_evaluation_equals_one_call():
+    import torch
+
+    from genfield.fields import build_field
+    from genfield.fitting import predict_in_chunks
+
+    field = build_field("siren", head="rgb")
+    params = field.init_batch(2, seed=0)
+    queries = torch.rand(2, 50, 2) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(predict_in_chunks(field, params, queries, chunk=7), field(params, queries))
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

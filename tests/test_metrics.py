@@ -10,7 +10,7 @@ import trimesh
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from genfield.errors import InputError
-from genfield.metrics import chamfer_distance, chamfer_points, iou, mse, psnr, ssim
+from genfield.metrics import UndefinedMetric, chamfer_distance, chamfer_points, iou, mse, psnr, ssim
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -85,12 +85,13 @@ def test_iou_matches_numpy():
     a = torch.rand(4, 5, 6, 7, generator=GEN) > 0.6
     b = torch.rand(4, 5, 6, 7, generator=GEN) > 0.4
     b[3] = False
-    a[3] = False  # both empty: perfect agreement
-    ours = iou(a, b)
+    a[3] = False  # both empty: undefined, not a perfect score
+    with pytest.warns(UndefinedMetric, match="1 of 4 signal"):
+        ours = iou(a, b)
     for s in range(3):
         x, y = a[s].numpy(), b[s].numpy()
         assert ours[s].item() == pytest.approx(np.logical_and(x, y).sum() / np.logical_or(x, y).sum())
-    assert ours[3].item() == 1.0
+    assert torch.isnan(ours[3])
     assert iou(a[:1], a[:1]).item() == 1.0 and iou(a[:1], ~a[:1]).item() == 0.0
 
 

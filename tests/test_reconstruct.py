@@ -18,6 +18,7 @@ from genfield.builders import plain
 from genfield.checkpoint import save_checkpoint
 from genfield.commands.reconstruct import (
     find_checkpoint,
+    from_skimage,
     load_run,
     parse_angles,
     reconstruct,
@@ -290,3 +291,168 @@ def test_cli_missing_checkpoint_and_differing_field_exit_2(image_run, photo, tmp
     differs = run_cli(f"run={image_run}", f"input={photo}", "field.options.hidden=8", f"out={tmp_path}")
     assert differs.returncode == 2, differs.stderr
     assert "field.options.hidden: 64 != 8" in differs.stderr
+
+
+# -- adapt once ------------------------------------------------------------------------------------
+def counting(monkeypatch, cls, name: str) -> list[int]:
+    """Count the calls of a real method of ``cls`` (it still runs)."""
+    calls: list[int] = []
+    original = getattr(cls, name)
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+def test_views_adapt_once_for_every_rendered_view(views_run, views_data, tmp_path, monkeypatch):
+    from genfield.processes.models import ConditionedProcess, NeuralProcess
+
+    encodings = counting(monkeypatch, NeuralProcess, "condition")  # the CNP's adaptation: encode C
+    renders = counting(monkeypatch, ConditionedProcess, "predict")
+    metrics = reconstruct(options(views_run, views_data / "scene_0003", "context_views=[1]"), tmp_path)
+    assert len(metrics["rendered_views"]) == 4
+    assert len(encodings) == 1 and len(renders) == 4
+
+
+def test_shape_adapts_once_for_iou_and_every_marching_cubes_chunk(shape_run, tmp_path, monkeypatch):
+    from genfield.meta.explicit import InitLearner
+    from genfield.meta.learner import MetaLearner
+
+    source = tmp_path / "box.obj"
+    trimesh.creation.box(extents=(1.0, 0.6, 0.8)).export(source)
+    inner_loops = counting(monkeypatch, InitLearner, "adapt")
+    predictions = counting(monkeypatch, MetaLearner, "predict")
+    # 48^3 grid points are two chunks of marching cubes (65536 points each), plus the IoU's targets
+    reconstruct(options(shape_run, source, "mesh_resolution=48", "progress=false"), tmp_path / "out")
+    assert len(inner_loops) == 1 and len(predictions) == 3
+
+
+@pytest.mark.parametrize("which", ["image_run", "ct_run"])
+def test_condition_on_predicts_what_reconstruct_does_in_any_number_of_chunks(which, request):
+    """One adaptation, then predictions in chunks, equal a single reconstruct call (CNP, FOMAML)."""
+    run = load_run(request.getfixturevalue(which))
+    from genfield.forward import PointMap
+
+    gen = torch.Generator().manual_seed(0)
+    context = genfield.datasets.batch.Observations(
+        torch.rand(1, 40, 2, generator=gen) * 2 - 1, torch.rand(1, 40, 1, generator=gen)
+    )
+    if run.config["resolved"]["head"] == "rgb":
+        context = genfield.datasets.batch.Observations(context.queries, context.values.expand(-1, -1, 3))
+    queries = torch.rand(1, 100, 2, generator=gen) * 2 - 1
+    torch.manual_seed(3)
+    whole = run.method.reconstruct(context, PointMap(), queries, PointMap(), num_samples=2)
+    torch.manual_seed(3)
+    adapted = run.method.condition_on(context, PointMap(), num_samples=2)
+    parts = [adapted.predict(q, PointMap()).mean for q in queries.split(30, dim=1)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), whole.mean)
+
+
+def test_default_adapted_falls_back_to_reconstruct_with_the_same_draws():
+    """The interface's default ``condition_on`` predicts through ``reconstruct``, every call under
+    the seed of the first: chunks of a stochastic method (an NP's latent draws) agree with one call."""
+    from genfield.fields import build_field
+    from genfield.forward import PointMap
+    from genfield.interface import Deferred, Reconstructor
+    from genfield.processes.models import build_process
+
+    torch.manual_seed(0)
+    model = build_process("np", build_field("siren", head="grey"), "image", width=16, latent_dim=4)
+    torch.nn.init.normal_(model.to_modulation.weight)  # let the latent draws change the field
+    gen = torch.Generator().manual_seed(0)
+    context = genfield.datasets.batch.Observations(
+        torch.rand(1, 30, 2, generator=gen) * 2 - 1, torch.rand(1, 30, 1, generator=gen)
+    )
+    queries = torch.rand(1, 50, 2, generator=gen) * 2 - 1
+    first = model.reconstruct(context, PointMap(), queries, PointMap(), num_samples=3).mean
+    second = model.reconstruct(context, PointMap(), queries, PointMap(), num_samples=3).mean
+    assert not torch.allclose(first, second)  # unseeded calls draw differently
+    deferred = Reconstructor.condition_on(model, context, PointMap(), num_samples=3)
+    assert isinstance(deferred, Deferred)
+    whole = deferred.predict(queries, PointMap()).mean
+    parts = torch.cat([deferred.predict(q, PointMap()).mean for q in queries.split(20, dim=1)], dim=1)
+    torch.testing.assert_close(parts, whole)
+
+
+# -- CT units and angles ---------------------------------------------------------------------------
+def test_angles_in_degrees_need_the_unit_and_are_converted(tmp_path):
+    degrees = np.array([0.0, 30.0, 60.0, 90.0, 135.0])
+    np.save(tmp_path / "deg.npy", degrees)
+    with pytest.raises(
+        InputError, match=r"span \[0, 135\], outside \[0, 2 pi\) radians: give angle_unit=deg"
+    ):
+        parse_angles(str(tmp_path / "deg.npy"))
+    converted = parse_angles(str(tmp_path / "deg.npy"), unit="deg")
+    torch.testing.assert_close(converted, torch.as_tensor(np.radians(degrees), dtype=torch.float32))
+    as_radians = parse_angles(str(tmp_path / "deg.npy"), unit="rad")  # taken as they are
+    torch.testing.assert_close(as_radians, torch.as_tensor(degrees, dtype=torch.float32))
+
+
+def test_repeated_angles_are_refused_modulo_two_pi(tmp_path):
+    np.save(tmp_path / "wrap.npy", np.array([0.5, 1.0, 0.5 + 2 * np.pi]))
+    with pytest.raises(InputError, match="angle 0 and angle 2 are the same"):
+        parse_angles(str(tmp_path / "wrap.npy"), unit="rad")
+    np.save(tmp_path / "deg.npy", np.array([10.0, 370.0]))
+    with pytest.raises(InputError, match="angle 0 and angle 1"):
+        parse_angles(str(tmp_path / "deg.npy"), unit="deg")
+    np.save(tmp_path / "half.npy", np.array([0.0, np.pi]))  # opposite views are distinct projections
+    assert len(parse_angles(str(tmp_path / "half.npy"))) == 2
+
+
+def test_skimage_sinogram_units_match_our_projector():
+    """``from_skimage`` of ``skimage.transform.radon`` equals :func:`project_image` (odd N: same centre)."""
+    from skimage.transform import radon
+
+    n = 33
+    rows, cols = np.mgrid[0:n, 0:n]
+    image = ((rows - 14) ** 2 + (cols - 18) ** 2 < 60).astype(np.float64) * 0.8
+    image += ((rows - 20) ** 2 / 4 + (cols - 12) ** 2 < 16) * 0.3
+    angles = np.linspace(0, np.pi, 12, endpoint=False)
+    theirs = from_skimage(torch.as_tensor(radon(image, theta=np.degrees(angles), circle=True)))
+    ours = project_image(torch.as_tensor(image)[None], ct_queries(torch.as_tensor(angles), n), n).reshape(
+        12, n
+    )
+    assert theirs.shape == (12, n)
+    torch.testing.assert_close(theirs, ours, atol=1e-9, rtol=1e-9)  # same rays, same samples
+
+
+def test_skimage_sinogram_through_reconstruct_gives_the_fbp_of_its_slice(ct_run, tmp_path):
+    """The README's sinogram route with sinogram_units=skimage: FBP as bright as the slice."""
+    from skimage.transform import radon
+
+    n = 16
+    rows, cols = np.mgrid[0:n, 0:n]
+    image = ((rows - 7.5) ** 2 + (cols - 7.5) ** 2 < 20).astype(np.float64) * 0.7
+    angles = np.linspace(0, np.pi, 16, endpoint=False)
+    np.save(tmp_path / "angles.npy", angles)
+    np.save(tmp_path / "sk.npy", radon(image, theta=np.degrees(angles), circle=True))  # (D, A)
+    cfg = options(ct_run, tmp_path / "sk.npy", f"angles={tmp_path / 'angles.npy'}", "sinogram_units=skimage")
+    reconstruct(cfg, tmp_path / "out")
+    fbp_png = iio.imread(tmp_path / "out" / "fbp.png") / 255.0
+    centre = (rows - 7.5) ** 2 + (cols - 7.5) ** 2 < 9  # away from the blurred rim
+    assert abs(fbp_png[centre].mean() - 0.7) < 0.1  # not 16 / 2 = 8 times too bright (clipped at 1)
+
+
+def test_ibaml_condition_on_keeps_the_posterior_for_chunked_mean_and_variance():
+    from genfield.fields import build_field
+    from genfield.forward import PointMap
+    from genfield.meta.ibaml import IBaML
+
+    torch.manual_seed(0)
+    learner = IBaML(build_field("siren", head="grey", hidden=16), inner_steps=3)
+    gen = torch.Generator().manual_seed(0)
+    context = genfield.datasets.batch.Observations(
+        torch.rand(1, 20, 2, generator=gen) * 2 - 1, torch.rand(1, 20, 1, generator=gen)
+    )
+    queries = torch.rand(1, 30, 2, generator=gen) * 2 - 1
+    torch.manual_seed(1)
+    whole = learner.reconstruct(context, PointMap(), queries, PointMap(), num_samples=4)
+    torch.manual_seed(1)
+    adapted = learner.condition_on(context, PointMap(), num_samples=4)
+    parts = [adapted.predict(q, PointMap()) for q in queries.split(10, dim=1)]
+    torch.testing.assert_close(torch.cat([p.mean for p in parts], dim=1), whole.mean)
+    torch.testing.assert_close(torch.cat([p.variance for p in parts], dim=1), whole.variance)
+    assert float(whole.variance.min()) > 0  # a real predictive variance, not zeros on both sides

@@ -97,6 +97,30 @@ def test_empty_and_missing_folders_are_errors(tmp_path):
         MeshFolder(tmp_path / "nowhere")
 
 
+def test_degenerate_ground_truth_is_refused_not_scored(tmp_path):
+    """A flat mesh has no inside: labels would be all-outside and IoU empty-vs-empty, so refuse it."""
+    tilted = np.array([[0.0, 0.0, 0.0], [1.0, 0.5, 0.2], [0.3, 1.0, 0.7]])
+    trimesh.Trimesh(tilted, [[0, 1, 2]], process=False).export(tmp_path / "triangle.obj")
+    # a planar sheet of two triangles, rotated off the axes (non-zero extent on every axis)
+    square = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=float)
+    rotation = trimesh.transformations.rotation_matrix(0.7, [1, 1, 0])[:3, :3]
+    trimesh.Trimesh(square @ rotation.T, [[0, 1, 2], [0, 2, 3]], process=False).export(tmp_path / "sheet.ply")
+    # a triangle whose corners merge on load: nothing is left
+    (tmp_path / "collapsed.obj").write_text("v 0 0 0\nv 0 0 0\nv 0 0 0\nf 1 2 3\n")
+    for name in ("triangle.obj", "sheet.ply"):
+        with pytest.raises(InputError, match=rf"{name}.*flat"):
+            load_mesh(tmp_path / name)
+    with pytest.raises(InputError, match=r"collapsed\.obj"):
+        load_mesh(tmp_path / "collapsed.obj")
+    # a thin but solid box is not flat
+    assert len(load_mesh_of(trimesh.creation.box([1.0, 1.0, 1e-3]), tmp_path / "thin.ply").faces) == 12
+
+
+def load_mesh_of(mesh: trimesh.Trimesh, path) -> trimesh.Trimesh:
+    mesh.export(path)
+    return load_mesh(path)
+
+
 def test_corrupt_meshes_warn_and_are_skipped_or_raise_when_strict(tmp_path):
     trimesh.creation.box().export(tmp_path / "b_good.ply")
     (tmp_path / "a_garbage.ply").write_text("this is not a ply file\n")

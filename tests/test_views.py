@@ -117,6 +117,60 @@ def test_non_finite_pose_and_angle_are_named(tmp_path):
         NerfSyntheticScene(tmp_path / "s").load()
 
 
+def edit_transforms(root: Path, edit) -> None:
+    path = root / "transforms_train.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_file_path_outside_the_scene_folder_is_refused(tmp_path):
+    write_nerf_scene(tmp_path / "s")
+    outside = tmp_path / "secret.png"
+    iio.imwrite(outside, np.zeros((4, 6, 4), dtype=np.uint8))  # exists: only the check refuses it
+    for escape in ("../secret.png", "./train/../../secret", str(outside)):
+        edit_transforms(tmp_path / "s", lambda m, e=escape: m["frames"][1].update(file_path=e))
+        with pytest.raises(InputError, match=r"frame 1 file_path .* leaves the scene folder"):
+            NerfSyntheticScene(tmp_path / "s").load()
+    # `..` that stays inside the folder is fine
+    edit_transforms(tmp_path / "s", lambda m: m["frames"][1].update(file_path="./train/../train/r_1"))
+    assert NerfSyntheticScene(tmp_path / "s").load().num_views == 3
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(camera_angle_x="0.69"), r"key 'camera_angle_x' must be a number, got '0\.69'"),
+        (lambda m: m.update(camera_angle_x=True), r"key 'camera_angle_x' must be a number"),
+        (lambda m: m.update(camera_angle_x=-0.5), r"'camera_angle_x' = -0\.5 is not in \(0, pi\)"),
+        (lambda m: m.update(fl_x=-100.0), r"key 'fl_x': focal length -100\.0 must be positive"),
+        (lambda m: m.update(fl_x=0), r"focal length 0\.0 must be positive"),
+        (lambda m: m.update(cx="middle"), r"key 'cx' must be a number"),
+        (lambda m: m["frames"][0].update(file_path=7), r"frame 0 key 'file_path' must be a non-empty string"),
+        (
+            lambda m: m["frames"][2].update(
+                transform_matrix=[[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 1, 4], [0, 0, 0, 1]]
+            ),
+            r"frame 2 transform_matrix is not invertible",
+        ),
+        (lambda m: m["frames"][0].update(transform_matrix=np.zeros((4, 4)).tolist()), "not invertible"),
+    ],
+)
+def test_bad_intrinsics_and_poses_are_one_line_errors(tmp_path, edit, message):
+    write_nerf_scene(tmp_path / "s")
+    edit_transforms(tmp_path / "s", edit)
+    with pytest.raises(InputError, match=message) as caught:
+        NerfSyntheticScene(tmp_path / "s").load()
+    assert "transforms_train.json" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_downscale_larger_than_the_images_is_refused(tmp_path):
+    write_nerf_scene(tmp_path / "s", size=(4, 6))
+    with pytest.raises(InputError, match=r"downscale=8 is larger than the 4 x 6 images .* valid: 1 to 4"):
+        NerfSyntheticScene(tmp_path / "s", downscale=8).load()
+    assert NerfSyntheticScene(tmp_path / "s", downscale=4).load().images.shape == (3, 1, 1, 3)
+
+
 def test_bad_scene_inputs(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         NerfSyntheticScene(tmp_path / "nowhere")
@@ -220,9 +274,7 @@ def test_builtin_views_writes_files_the_loader_reads_deterministically(tmp_path)
     folder = builtin_views(tmp_path / "a", **kwargs)
     assert isinstance(folder, NerfSyntheticFolder) and len(folder) == 2
     scene = tmp_path / "a" / "scene_0000"
-    assert (scene / "transforms_train.json").is_file() and (
-        scene / "transforms_test.json"
-    ).is_file()
+    assert (scene / "transforms_train.json").is_file() and (scene / "transforms_test.json").is_file()
     rgba = iio.imread(scene / "train" / "r_0.png")
     assert rgba.shape == (12, 12, 4) and set(np.unique(rgba[..., 3])) <= {0, 255}
     signal = folder[0]
@@ -263,13 +315,9 @@ def test_loaded_cameras_render_the_ray_cast_silhouette(tmp_path):
     (tmp_path / "train").mkdir()
     for k, position in enumerate([[4.0, 0.5, 1.0], [-1.0, 3.5, 2.0]]):
         c2w = look_at(np.array(position))
-        iio.imwrite(
-            tmp_path / "train" / f"r_{k}.png", raycast_rgba(mesh, colours, c2w, focal, size)
-        )
+        iio.imwrite(tmp_path / "train" / f"r_{k}.png", raycast_rgba(mesh, colours, c2w, focal, size))
         frames.append({"file_path": f"train/r_{k}.png", "transform_matrix": c2w.tolist()})
-    (tmp_path / "transforms_train.json").write_text(
-        json.dumps({"camera_angle_x": ANGLE, "frames": frames})
-    )
+    (tmp_path / "transforms_train.json").write_text(json.dumps({"camera_angle_x": ANGLE, "frames": frames}))
     signal = NerfSyntheticScene(tmp_path).load()
     origins, directions = signal.rays()
     queries = ray_queries(origins, directions, signal.near, signal.far)
@@ -295,9 +343,7 @@ def toy_signals(n: int = 3, views: int = 5, size=(4, 5)) -> list[ViewSignal]:
     for s in range(n):
         c2w = torch.stack(
             [
-                torch.from_numpy(
-                    look_at(np.array([2.5 * math.cos(a), 2.5 * math.sin(a), 1.0]))
-                ).float()
+                torch.from_numpy(look_at(np.array([2.5 * math.cos(a), 2.5 * math.sin(a), 1.0]))).float()
                 for a in torch.linspace(0, 6, views).tolist()
             ]
         )
@@ -325,9 +371,7 @@ def test_view_split_layout_and_view_major_context():
         # view v's H*W rays are contiguous and row-major
         origins, directions = camera_rays(signal.c2w[ctx], signal.focal, H, W)
         queries = batch.context.queries[s].reshape(2, H * W, 8)
-        assert torch.allclose(queries[..., :3], origins) and torch.allclose(
-            queries[..., 3:6], directions
-        )
+        assert torch.allclose(queries[..., :3], origins) and torch.allclose(queries[..., 3:6], directions)
         assert torch.equal(batch.context.values[s].reshape(2, H, W, 3), signal.images[ctx])
         assert torch.equal(ex["context_images"][s], signal.images[ctx])
         flat_targets = batch.ground_truth[s].reshape(-1, 3)

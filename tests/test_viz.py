@@ -19,7 +19,7 @@ from genfield.errors import InputError
 from genfield.fields.field import build_field
 from genfield.forward.volume import VolumeRenderer, camera_rays
 from genfield.interface import Prediction
-from genfield.viz.figures import PANEL, ct_figure, image_grid, psnr, save_image
+from genfield.viz.figures import PANEL, STD_CMAP, ct_figure, grid_figure, image_grid, psnr, save_image
 from genfield.viz.meshes import evaluate_grid, extract_mesh, render_mesh_preview, save_mesh
 from genfield.viz.plots import (
     plot_cost_vs_steps,
@@ -100,6 +100,24 @@ def test_image_grid_explicit_std_and_bad_shapes(tmp_path):
     assert path.read_bytes()[:4] == b"%PDF"
     with pytest.raises(InputError, match="prediction 'bad'"):
         image_grid(tmp_path / "g.png", truth, mask, {"bad": noisy[:, :5]})
+
+
+def test_each_method_std_has_its_own_colour_scale(tmp_path):
+    """A small std (iBaML's) beside a large one (an NP's) is not drawn flat on the large one's scale."""
+    truth, mask, noisy = _image_batch(3)
+    small, large = 1e-3 * torch.rand_like(noisy), torch.rand_like(noisy)
+    figure = grid_figure(truth, mask, {"ibaml": noisy, "np": noisy}, std={"ibaml": small, "np": large})
+    limits = {
+        ax.get_title().split()[0]: image.get_clim()
+        for ax in figure.axes
+        if ax.get_title().endswith(" std")  # the first row's std panels
+        for image in ax.get_images()
+        if image.get_cmap().name == STD_CMAP
+    }
+    assert limits["ibaml"][1] == pytest.approx(float(small.mean(-1)[:3].max()), rel=1e-5)
+    assert limits["np"][1] == pytest.approx(float(large.mean(-1)[:3].max()), rel=1e-5)
+    bars = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 3  # the errors' shared bar and one per method's std
 
 
 def test_ct_figure(tmp_path):

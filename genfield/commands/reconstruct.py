@@ -9,7 +9,10 @@ into the context observations the run was trained on, through the same loaders a
   image is the ground truth: PSNR and SSIM.
 * CT runs: a sinogram (``.npy`` ``(A, D)`` line integrals in domain units, rows = angles, or an
   image file with ``input_type=sinogram``) with its ``angles``; or an image of a slice, projected at
-  ``angles`` (then the slice is the ground truth: PSNR of the method and of FBP).
+  ``angles`` (then the slice is the ground truth: PSNR of the method and of FBP). An angles file
+  holds radians in ``[0, 2 pi)`` unless ``angle_unit=deg|rad`` says otherwise; repeated angles are
+  refused. ``sinogram_units=skimage`` converts a ``skimage.transform.radon`` sinogram (``(D, A)``
+  pixel sums: transposed and times ``2 / N``); values that look like pixel sums get a hint.
 * shape runs: a mesh (labelled or surface context, as the run was trained) or a point cloud
   (surface context only); ``n_context`` points are drawn (seeded). The predictive mean is meshed by
   marching cubes; IoU on labelled points and Chamfer distance when a mesh gives the ground truth.
@@ -17,8 +20,14 @@ into the context observations the run was trained on, through the same loaders a
   (default: the run's first ``n_context_views``), the test views (or the remaining ones) are
   rendered and scored by PSNR.
 
+Every option is type- and range-checked (:data:`OPTION_RULES`) before any file is read; the
+method adapts to the context once (:meth:`~genfield.interface.Reconstructor.condition_on`) and
+every rendered view and marching-cubes chunk is predicted from that state, with a progress bar.
+
 Outputs go to ``out`` (default: Hydra's run directory): PNGs of the reconstruction and of the
-predictive standard deviation where the method has one, a figure, ``metrics.json``.
+predictive standard deviation where the method has one, a figure, ``metrics.json``. With ``out=``
+Hydra writes nothing else (no ``./outputs``, no ``.hydra``); a call that fails on bad input leaves
+no folder it made behind, and changes no file already in ``out``.
 """
 
 from __future__ import annotations
@@ -43,7 +52,8 @@ from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
 from genfield.forward import PointMap
-from genfield.interface import Prediction, Reconstructor
+from genfield.interface import Adapted, Prediction, Reconstructor
+from genfield.outputs import check_output_folder, discard_if_empty
 
 CHECKPOINT = Path("checkpoints") / "last.safetensors"
 #: The config groups a run is built from, and the key that names the group's option.
@@ -58,12 +68,71 @@ ACCEPTS = {
     "shape": ("mesh", "points"),
     "views": ("views",),
 }
+#: ``input_type=``: what the input file is (``auto``: from its suffix; ``slice`` = an image of a CT slice).
+INPUT_TYPES = ("auto", "image", "slice", "sinogram", "mesh", "points", "views")
+ANGLE_UNITS = ("rad", "deg")
+#: ``sinogram_units=``: ``domain`` line integrals (the image side is 2), or ``skimage`` for a
+#: ``skimage.transform.radon`` sinogram (pixel sums, ``(D, A)``), converted by :func:`from_skimage`.
+SINOGRAM_UNITS = ("domain", "skimage")
 DESCRIBE = {
     "image": "an image file",
     "ct": "a sinogram (.npy) or an image of a slice",
     "shape": "a mesh or point-cloud file (.ply, .obj, .off, .stl, .glb, .xyz, .npy)",
     "views": "a NeRF-synthetic scene folder (transforms*.json + images)",
 }
+
+
+# --------------------------------------------------------------------------------------------------
+# Options: every value checked before any work
+# --------------------------------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: key -> (accepts, valid range in words, may be null). Hydra parses ``context_fraction=abc`` to the
+#: string ``'abc'``, ``downscale=1.5`` to a float: each is refused here, before anything is read.
+OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
+    "steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", True),
+    "num_samples": (lambda v: _is_int(v) and v >= 1, "an integer >= 1", False),
+    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", False),
+    "progress": (lambda v: isinstance(v, bool), "true or false", False),
+    "out": (lambda v: isinstance(v, str) and v != "", "a folder path", True),
+    "mask": (lambda v: isinstance(v, str) and v != "", "an image file", True),
+    "context_fraction": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]", True),
+    "input_type": (lambda v: v in INPUT_TYPES, f"one of {', '.join(INPUT_TYPES)}", False),
+    "angles": (lambda v: isinstance(v, str) and v != "", "a .npy file of angles or even:<A>", True),
+    "angle_unit": (lambda v: v in ANGLE_UNITS, f"one of {', '.join(ANGLE_UNITS)}", True),
+    "sinogram_scale": (lambda v: _is_number(v) and v > 0, "a finite number > 0", False),
+    "sinogram_units": (lambda v: v in SINOGRAM_UNITS, f"one of {', '.join(SINOGRAM_UNITS)}", False),
+    "n_context": (lambda v: _is_int(v) and v >= 1, "an integer >= 1", True),
+    "n_target": (lambda v: _is_int(v) and v >= 1, "an integer >= 1", True),
+    "mesh_resolution": (lambda v: _is_int(v) and 8 <= v <= 1024, "an integer in [8, 1024]", False),
+    "context_views": (
+        lambda v: isinstance(v, list | tuple) and len(v) > 0 and all(_is_int(i) and i >= 0 for i in v),
+        "a non-empty list of view indices >= 0, e.g. [0,3]",
+        True,
+    ),
+    "downscale": (lambda v: _is_int(v) and v >= 1, "an integer >= 1", False),
+}
+
+
+def check_options(cfg: Mapping[str, Any]) -> None:
+    """Raise :class:`InputError` (``key=value: expected ...``) for the first option out of range."""
+    for key, (accepts, expected, nullable) in OPTION_RULES.items():
+        value = cfg.get(key)
+        if value is None and nullable:
+            continue
+        if not accepts(value):
+            raise InputError(f"{key}={value!r}: expected {expected}{' (or null)' if nullable else ''}")
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not ``None`` (an explicit 0 is a value, not a default)."""
+    return next((v for v in values if v is not None), None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -192,10 +261,30 @@ def with_run_groups(argv: Sequence[str]) -> list[str]:
 # Inputs
 # --------------------------------------------------------------------------------------------------
 def input_type(path: Path, forced: str = "auto") -> str:
-    """``image``, ``sinogram``, ``mesh``, ``points`` or ``views`` (a folder), from the path."""
+    """``image``, ``sinogram``, ``mesh``, ``points`` or ``views`` (a folder), from the path, or
+    ``forced`` (``input_type=``; ``slice`` is an image) where the file can be one."""
+    if forced not in INPUT_TYPES:
+        raise InputError(f"input_type={forced!r}: expected one of {', '.join(INPUT_TYPES)}")
     if not path.exists():
         raise InputError(f"input not found: {path}")
     suffix = path.suffix.lower()
+    guessed = _guess_input_type(path, suffix, forced)
+    wanted = "image" if forced == "slice" else forced
+    if forced == "auto" or wanted == guessed:
+        return guessed
+    possible = {
+        "image": suffix in IMAGE_SUFFIXES,
+        "sinogram": suffix in (".npy", *IMAGE_SUFFIXES),
+        "mesh": suffix in (*MESH_SUFFIXES, ".ply"),
+        "points": suffix in (*POINT_SUFFIXES, ".ply", ".npy"),
+        "views": path.is_dir(),
+    }
+    if not possible[wanted]:
+        raise InputError(f"input_type={forced} does not fit input {path} (a {guessed} input by its suffix)")
+    return wanted
+
+
+def _guess_input_type(path: Path, suffix: str, forced: str) -> str:
     if path.is_dir():
         return "views"
     if suffix == ".npy":
@@ -253,20 +342,25 @@ def _save_std(path: Path, std: torch.Tensor | None) -> float | None:
     return top
 
 
-def _predict(
-    run: Run, context: Observations, context_map, queries, query_map, cfg, variance: bool = True
-) -> Prediction:
+def _adapt(run: Run, context: Observations, context_map, cfg: Mapping[str, Any]) -> Adapted:
+    """Adapt the run's method to the context once; every later prediction reuses the state."""
     torch.manual_seed(int(cfg["seed"]))
-    steps = cfg.get("steps")
-    return run.method.reconstruct(
-        context,
-        context_map,
-        queries,
-        query_map,
-        steps=None if steps is None else int(steps),
-        num_samples=int(cfg["num_samples"]),
-        variance=variance,
-    )
+    samples = int(cfg["num_samples"])
+    return run.method.condition_on(context, context_map, steps=_steps(cfg), num_samples=samples)
+
+
+def _progress(cfg: Mapping[str, Any], total: int, what: str, unit: str):
+    """A progress bar on stderr (``progress=false``: none)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit=unit, disable=not cfg.get("progress", True), leave=False)
+
+
+def _progress_over(cfg: Mapping[str, Any], items: Sequence[Any], what: str, unit: str):
+    """Iterate ``items`` with a progress bar (``progress=false``: none)."""
+    from tqdm import tqdm
+
+    return tqdm(items, desc=what, unit=unit, disable=not cfg.get("progress", True), leave=False)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,16 +374,14 @@ def reconstruct_image(run: Run, path: Path, cfg: Mapping[str, Any], out: Path) -
     from genfield.viz.figures import save_image
 
     grey = run.config["resolved"]["head"] == "grey"
-    size = int(run.data.get("size") or 32)
+    size = int(_first(run.data.get("size"), 32))
     image = square_image(_read_image(path, grey), size).to(_device(run))
     height, width, channels = image.shape
     pixels = rearrange(image, "h w c -> (h w) c")
     if cfg.get("mask"):
         index = _mask_index(Path(str(cfg["mask"])), path, size).to(image.device)
     else:
-        fraction = cfg.get("context_fraction") or run.data.get("context_fraction") or 0.1
-        if not 0 < float(fraction) <= 1:
-            raise InputError(f"context_fraction must be in (0, 1], got {fraction}")
+        fraction = _first(cfg.get("context_fraction"), run.data.get("context_fraction"), 0.1)
         count = max(1, round(float(fraction) * height * width))
         index = torch.randperm(height * width, generator=_generator(cfg["seed"]))[:count]
         index = index.to(image.device)
@@ -344,8 +436,14 @@ def _mask_index(mask_path: Path, image_path: Path, size: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------
 # CT
 # --------------------------------------------------------------------------------------------------
-def parse_angles(spec: Any, default_count: int | None = None) -> torch.Tensor:
-    """Projection angles ``(A,)`` in radians from ``even:<A>`` or a ``.npy`` file of radians."""
+def parse_angles(spec: Any, default_count: int | None = None, unit: str | None = None) -> torch.Tensor:
+    """Projection angles ``(A,)`` in radians from ``even:<A>`` or a ``.npy`` file.
+
+    A file's angles are radians in ``[0, 2 pi)`` unless ``unit`` says otherwise (``rad``: any
+    radians, ``deg``: degrees): degrees taken as radians silently would give a wrong geometry.
+    Repeated angles (modulo ``2 pi``) are refused: they add no information and usually mean a
+    wrong file or unit.
+    """
     if spec is None:
         if default_count is None:
             raise InputError("a sinogram needs its angles: angles=<file.npy of radians> or angles=even:<A>")
@@ -368,17 +466,71 @@ def parse_angles(spec: Any, default_count: int | None = None) -> torch.Tensor:
         raise InputError(f"cannot read angles {path}: {error}") from None
     if angles.ndim != 1 or angles.size == 0 or not np.isfinite(angles).all():
         raise InputError(f"angles {path} must be a non-empty 1-D array of finite radians, got {angles.shape}")
+    low, high = float(angles.min()), float(angles.max())
+    if unit is None and (low < 0 or high >= 2 * math.pi):
+        raise InputError(
+            f"angles {path} span [{low:.4g}, {high:.4g}], outside [0, 2 pi) radians: give angle_unit=deg "
+            "if they are degrees (angle_unit=rad to use them as radians anyway)"
+        )
+    if unit == "deg":
+        angles = np.radians(angles)
+    order = np.argsort(np.mod(angles, 2 * math.pi), kind="stable")
+    wrapped = np.mod(angles, 2 * math.pi)[order]
+    same = np.flatnonzero(np.diff(wrapped) <= 1e-9 * 2 * math.pi)
+    if same.size:
+        i, j = sorted(int(k) for k in order[[same[0], same[0] + 1]])
+        raise InputError(
+            f"angles {path} repeat: angle {i} and angle {j} are the same projection angle "
+            f"({float(angles[i]):.6g} and {float(angles[j]):.6g} rad); each projection needs its own angle"
+        )
     return torch.as_tensor(angles, dtype=torch.float32)
+
+
+def from_skimage(sinogram: torch.Tensor) -> torch.Tensor:
+    """A ``skimage.transform.radon`` sinogram ``(D, A)`` of an ``N x N`` image (``D = N``, pixel
+    sums) in genfield's layout and units: ``(A, D)`` line integrals over a domain of side 2, i.e.
+    ``ours = skimage^T * 2 / N`` (see the geometry docstring of :mod:`genfield.forward.ct`)."""
+    return rearrange(sinogram, "d a -> a d") * (2.0 / sinogram.shape[0])
+
+
+#: Beyond this, line integrals of an attenuation image in [0, 1] over a domain of side 2 (at most 2)
+#: look like pixel sums: a hint about ``sinogram_units=skimage``.
+PLAUSIBLE_LINE_INTEGRAL = 4.0
 
 
 def _sinogram(path: Path, kind: str, cfg: Mapping[str, Any]) -> torch.Tensor:
     if kind == "sinogram" and path.suffix.lower() == ".npy":
-        array = np.asarray(np.load(path), dtype=np.float32)
+        try:
+            array = np.asarray(np.load(path), dtype=np.float64)
+        except (OSError, ValueError, TypeError) as error:
+            raise InputError(f"cannot read sinogram {path}: {str(error).splitlines()[0]}") from None
     else:
-        array = _read_image(path, grey=True)[..., 0]
+        array = _read_image(path, grey=True)[..., 0].astype(np.float64)
     if array.ndim != 2 or not np.isfinite(array).all():
         raise InputError(f"sinogram {path} must be a finite 2-D array (angles, detectors), got {array.shape}")
-    return torch.as_tensor(array) * float(cfg.get("sinogram_scale", 1.0))
+    sinogram = torch.as_tensor(array)
+    if cfg.get("sinogram_units", "domain") == "skimage":
+        sinogram = from_skimage(sinogram)
+    sinogram = sinogram * float(cfg.get("sinogram_scale", 1.0))
+    top = float(sinogram.abs().max())
+    if not top < 1e6:  # float32 field outputs and FBP overflow long before this: refuse, write nothing
+        raise InputError(
+            f"sinogram {path} holds values up to {top:.3g}; line integrals in domain units are expected "
+            "(an image in [0, 1] gives at most 2): rescale it with sinogram_scale="
+        )
+    return sinogram.float()
+
+
+def _warn_if_pixel_sums(sinogram: torch.Tensor, path: Path, cfg: Mapping[str, Any]) -> None:
+    """A hint on stderr when a sinogram in domain units looks like pixel sums (skimage's units)."""
+    top = float(sinogram.abs().max())
+    if top > PLAUSIBLE_LINE_INTEGRAL and cfg.get("sinogram_units", "domain") == "domain":
+        print(
+            f"genfield: warning: sinogram {path} holds values up to {top:.3g}, more than line integrals "
+            "of an image in [0, 1] (at most 2); for a skimage.transform.radon sinogram give "
+            "sinogram_units=skimage",
+            file=sys.stderr,
+        )
 
 
 def reconstruct_ct(run: Run, path: Path, kind: str, cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
@@ -388,26 +540,32 @@ def reconstruct_ct(run: Run, path: Path, kind: str, cfg: Mapping[str, Any], out:
     from genfield.metrics import psnr, ssim
     from genfield.viz.figures import ct_figure, save_image
 
-    resolution = int(run.data.get("resolution") or 32)
-    n_samples = int(run.data.get("n_samples") or resolution)
+    resolution = int(_first(run.data.get("resolution"), 32))
+    n_samples = int(_first(run.data.get("n_samples"), resolution))
     truth = None
     if kind == "image":  # a slice: project it at the angles; it is the ground truth
         slice_image = torch.as_tensor(_read_image(path, grey=True))
         truth = SinogramImageDataset([slice_image], resolution=resolution)[0].image  # (R, R, 1)
-        default = int(run.data.get("eval_context_angles") or 8)
-        angles = parse_angles(cfg.get("angles"), default)
-        n_det = int(run.data.get("n_detectors") or resolution)
+        default = int(_first(run.data.get("eval_context_angles"), 8))
+        angles = parse_angles(cfg.get("angles"), default, cfg.get("angle_unit"))
+        n_det = int(_first(run.data.get("n_detectors"), resolution))
         queries = ct_queries(angles[None], n_det)
         values = project_image(truth[None], queries, n_samples)
         sinogram = rearrange(values[0], "(a d) 1 -> a d", d=n_det)
     else:
         sinogram = _sinogram(path, kind, cfg)
-        angles = parse_angles(cfg.get("angles"))
+        angles = parse_angles(cfg.get("angles"), unit=cfg.get("angle_unit"))
         if len(angles) != sinogram.shape[0]:
+            hint = (
+                " (a skimage.transform.radon sinogram is (detectors, angles): give sinogram_units=skimage)"
+                if len(angles) == sinogram.shape[1]
+                else ""
+            )
             raise InputError(
                 f"sinogram {path} has {sinogram.shape[0]} rows (angles) but {len(angles)} angles "
-                f"were given (rows are angles: transpose a (detectors, angles) array)"
+                f"were given (rows are angles){hint}"
             )
+        _warn_if_pixel_sums(sinogram, path, cfg)
         n_det = sinogram.shape[1]
         queries = ct_queries(angles[None], n_det)
         values = rearrange(sinogram, "a d -> 1 (a d) 1")
@@ -415,11 +573,18 @@ def reconstruct_ct(run: Run, path: Path, kind: str, cfg: Mapping[str, Any], out:
     projector = ParallelBeamProjection(n_samples=n_samples)
     grid = grid_coords((resolution, resolution), device=device)[None]
     context = Observations(queries.to(device), values.to(device))
-    prediction = _predict(run, context, projector, grid, PointMap(), cfg)
+    prediction = _adapt(run, context, projector, cfg).predict(grid, PointMap())
     image = rearrange(prediction.mean.detach().cpu(), "1 (h w) 1 -> h w", h=resolution)
     std = prediction.signal_std
     std = None if std is None else rearrange(std.detach().cpu(), "1 (h w) 1 -> h w", h=resolution)
     baseline = fbp(sinogram, angles, output_size=resolution)
+    for name, result in (("reconstruction", image), ("FBP", baseline), ("predictive std", std)):
+        if result is not None and not bool(torch.isfinite(result).all()):  # check before writing
+            raise InputError(
+                f"the {name} of {path} is not finite (NaN or inf): the sinogram's values (up to "
+                f"{float(sinogram.abs().max()):.3g}) are far from the run's training data; rescale with "
+                "sinogram_scale="
+            )
     save_image(out / "reconstruction.png", image.clamp(0, 1))
     save_image(out / "fbp.png", baseline.clamp(0, 1))
     std_max = _save_std(out / "std.png", std)
@@ -513,15 +678,11 @@ def reconstruct_shape(run: Run, path: Path, kind: str, cfg: Mapping[str, Any], o
     data = run.data
     target = str(data.get("target") or "occupancy")
     context = str(data.get("context") or "labelled")
-    n_context = int(cfg.get("n_context") or data.get("n_context") or 300)
+    n_context = int(_first(cfg.get("n_context"), data.get("n_context"), 300))
     metrics: dict[str, Any] = {"context": context, "target": target}
     truth_mesh = None
     if kind == "mesh":
         batch, truth_mesh = _mesh_batch(path, data, target, context, n_context, cfg)
-        prediction = _predict(
-            run, batch.context, batch.forward_map, batch.target.queries, batch.forward_map, cfg
-        )
-        metrics["iou"] = float(iou(_inside(prediction.mean, target), _inside(batch.target.values, target))[0])
     else:
         if context != "surface":
             raise InputError(
@@ -536,8 +697,12 @@ def reconstruct_shape(run: Run, path: Path, kind: str, cfg: Mapping[str, Any], o
         batch = SignalBatch("shape", PointMap(), observed, observed, extras={"target": target})
     metrics["n_context"] = batch.context.num_observations
     batch = batch.to(_device(run))
-    resolution = int(cfg.get("mesh_resolution") or 64)
-    mesh = _mesh_of_mean(run, batch, target, _level(target), resolution, cfg, out)
+    adapted = _adapt(run, batch.context, batch.forward_map, cfg)  # once: the IoU and every grid chunk
+    if truth_mesh is not None:
+        prediction = adapted.predict(batch.target.queries, batch.forward_map)
+        metrics["iou"] = float(iou(_inside(prediction.mean, target), _inside(batch.target.values, target))[0])
+    resolution = int(cfg["mesh_resolution"])
+    mesh = _mesh_of_mean(adapted, _device(run), target, _level(target), resolution, cfg, out)
     if mesh is not None:
         from genfield.metrics import chamfer_distance, chamfer_points
 
@@ -567,9 +732,9 @@ def _mesh_batch(path: Path, data, target: str, context: str, n_context: int, cfg
     )
 
     mesh = normalize_mesh(load_mesh(path))
-    n_target = int(cfg.get("n_target") or data.get("n_target") or 2048)
-    n_uniform = int(data.get("n_uniform") or 4096)
-    n_near = int(data.get("n_near") or 4096)
+    n_target = int(_first(cfg.get("n_target"), data.get("n_target"), 2048))
+    n_uniform = int(_first(data.get("n_uniform"), 4096))
+    n_near = int(_first(data.get("n_near"), 4096))
     # enough samples for the split's half-uniform, half-near draws of the larger of the two sets
     need = max(n_context, n_target)
     spec = SamplingSpec(
@@ -604,18 +769,27 @@ def _inside(values: torch.Tensor, target: str) -> torch.Tensor:
     return values <= _level(target) if target == "sdf" else values > _level(target)
 
 
-def _mesh_of_mean(run: Run, batch: SignalBatch, target: str, level: float, resolution: int, cfg, out: Path):
-    """Marching cubes of the predictive mean; ``mesh.ply`` and ``mesh.png``, or ``mesh.txt`` why not."""
+def _mesh_of_mean(
+    adapted: Adapted, device: torch.device, target: str, level: float, resolution: int, cfg, out: Path
+):
+    """Marching cubes of the predictive mean; ``mesh.ply`` and ``mesh.png``, or ``mesh.txt`` why not.
+
+    The method adapted once (``adapted``); each grid chunk is only a prediction from that state.
+    """
     from genfield.viz.meshes import extract_mesh, render_mesh_preview, save_mesh
 
+    bar = _progress(cfg, resolution**3, "marching cubes", "pt")
+
     def field_fn(points: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():  # same seed for every chunk: the same draws of stochastic methods
-            return _predict(
-                run, batch.context, batch.forward_map, points[None], PointMap(), cfg, variance=False
-            ).mean[0]
+        torch.manual_seed(int(cfg["seed"]))  # same seed for every chunk: the same draws of sampling methods
+        with torch.no_grad():
+            mean = adapted.predict(points[None], PointMap(), variance=False).mean[0]
+        bar.update(len(points))
+        return mean
 
     try:
-        mesh = extract_mesh(field_fn, resolution, level, kind=target, device=_device(run))
+        with bar:
+            mesh = extract_mesh(field_fn, resolution, level, kind=target, device=device)
     except ValueError as error:  # the level set is not crossed: say so, keep the other outputs
         (out / "mesh.txt").write_text(f"{error}\n")
         print(f"genfield: no mesh: {error}", file=sys.stderr)
@@ -655,9 +829,9 @@ def reconstruct_views(run: Run, path: Path, cfg: Mapping[str, Any], out: Path) -
     from genfield.metrics import psnr
     from genfield.viz.figures import image_grid, save_image
 
-    scene, test = load_scene(path, int(cfg.get("downscale") or 1))
+    scene, test = load_scene(path, int(cfg["downscale"]))
     chosen = cfg.get("context_views")
-    count = int(run.data.get("n_context_views") or 1)
+    count = int(_first(run.data.get("n_context_views"), 1))
     views = list(range(count)) if chosen is None else [int(v) for v in chosen]
     bad = [v for v in views if not 0 <= v < scene.num_views]
     if bad or not views:
@@ -677,17 +851,18 @@ def reconstruct_views(run: Run, path: Path, cfg: Mapping[str, Any], out: Path) -
         return rearrange(queries, "v n q -> 1 (v n) q").to(device)
 
     renderer = VolumeRenderer(
-        n_samples=int(run.data.get("n_samples") or 64),
-        n_importance=int(run.data.get("n_importance") or 0),
+        n_samples=int(_first(run.data.get("n_samples"), 64)),
+        n_importance=int(_first(run.data.get("n_importance"), 0)),
         stratified=False,
     )
     colours = rearrange(scene.images[views], "v h w c -> 1 (v h w) c").to(device)
     context = Observations(rays(scene, views), colours)
     height, width = test.image_size
     means, stds = [], []
-    for k in targets:  # one view at a time bounds the memory of the ray samples
+    adapted = _adapt(run, context, renderer, cfg)  # once: every view is rendered from this state
+    for k in _progress_over(cfg, targets, "views", "view"):  # one view at a time bounds the memory
         with torch.no_grad():
-            prediction = _predict(run, context, renderer, rays(test, [k]), renderer, cfg)
+            prediction = adapted.predict(rays(test, [k]), renderer)
         mean = rearrange(prediction.mean.cpu(), "1 (h w) c -> h w c", h=height).clamp(0, 1)
         means.append(mean)
         save_image(out / f"view_{k:03d}.png", mean)
@@ -748,18 +923,25 @@ def reconstruct(cfg: Mapping[str, Any], out_dir: str | Path, overrides: Sequence
         raise InputError("run=<run directory or checkpoint file> is required")
     if cfg.get("input") in (None, "???", ""):
         raise InputError("input=<file or folder> is required")
+    cfg = {**option_defaults(), **cfg}
+    check_options(cfg)
+    out = Path(out_dir)
+    check_output_folder(out, "out")
     checkpoint = find_checkpoint(cfg["run"])
     check_overrides(stored_config(checkpoint), cfg, overrides, str(checkpoint))
     path = Path(str(cfg["input"])).expanduser()
     given = input_type(path, str(cfg.get("input_type") or "auto"))
     run = load_run(checkpoint, resolve_device(str(cfg.get("device") or "auto")))
     if given not in ACCEPTS[run.kind]:
+        hint = ""
+        if run.kind == "ct" and given == "points":  # an (A, 3) array looks like a point cloud
+            hint = " (if it is a sinogram with 3 detector bins, say input_type=sinogram)"
         raise InputError(
             f"input {path} is {'a folder' if given == 'views' else f'a {given} file'}, but run "
             f"{checkpoint} was trained on {run.kind} data ({run.data.get('name')}): give "
-            f"{DESCRIBE[run.kind]}"
+            f"{DESCRIBE[run.kind]}{hint}"
         )
-    out = Path(out_dir)
+    existed = out.exists()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(int(cfg["seed"]))
     work: dict[str, Callable[[], dict[str, Any]]] = {
@@ -768,6 +950,12 @@ def reconstruct(cfg: Mapping[str, Any], out_dir: str | Path, overrides: Sequence
         "shape": lambda: reconstruct_shape(run, path, given, cfg, out),
         "views": lambda: reconstruct_views(run, path, cfg, out),
     }
+    try:
+        results = work[run.kind]()
+    except InputError:
+        if not existed:
+            discard_if_empty(out)
+        raise
     metrics = {
         "run": str(checkpoint),
         "input": str(path),
@@ -776,7 +964,7 @@ def reconstruct(cfg: Mapping[str, Any], out_dir: str | Path, overrides: Sequence
         "steps": _steps(cfg),
         "num_samples": int(cfg["num_samples"]),
         "seed": int(cfg["seed"]),
-        **work[run.kind](),
+        **results,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -787,8 +975,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from genfield.builders import plain
 
-    out = Path(str(cfg.out)) if cfg.get("out") else run_dir()
-    metrics = reconstruct(plain(cfg), out, list(HydraConfig.get().overrides.task))
+    out = Path(str(cfg.out)).expanduser() if cfg.get("out") else run_dir()
+    try:
+        metrics = reconstruct(plain(cfg), out, list(HydraConfig.get().overrides.task))
+    except InputError:
+        if cfg.get("out"):
+            if not _OUT_EXISTED.get(str(out), False):
+                discard_if_empty(out)
+        else:  # no empty timestamped folder (nor empty outputs/reconstruct/) per failed call
+            discard_if_empty(out, up_to=Path.cwd())
+        raise
     scores = ", ".join(
         f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float) and not k.endswith("_max")
     )
@@ -802,6 +998,61 @@ def _hydra_app(cfg: DictConfig) -> None:
 
 
 def app() -> None:
-    """``genfield reconstruct``: select the run's config groups for dotted overrides, then Hydra."""
-    sys.argv = [sys.argv[0], *_guard(lambda: with_run_groups(sys.argv[1:]))]
+    """``genfield reconstruct``: check the overrides, select the run's config groups, then Hydra."""
+    sys.argv = [sys.argv[0], *_guard(lambda: prepare_argv(sys.argv[1:]))]
     _hydra_app()
+
+
+#: Whether each ``out=`` folder existed before Hydra made it (then a failing call never removes it).
+_OUT_EXISTED: dict[str, bool] = {}
+
+
+def prepare_argv(argv: Sequence[str]) -> list[str]:
+    """The command line Hydra gets: overrides parsed first (a one-line error naming the bad one),
+    the run's groups selected, and with ``out=`` Hydra's run directory *is* ``out`` (checked
+    writable first), with no ``.hydra`` subfolder or log file: nothing is written to ``./outputs``
+    and a file already in ``out`` is never touched by a failing call."""
+    values = override_values(argv)
+    argv = with_run_groups(argv)
+    out = values.get("out")
+    if out and not any(a.startswith("hydra.run.dir=") for a in argv):
+        folder = Path(str(out)).expanduser()
+        check_output_folder(folder, "out")
+        _OUT_EXISTED[str(folder)] = folder.exists()
+        quoted = str(folder).replace("'", "\\'")  # Hydra's quoted string: only quotes are escaped
+        argv = [*argv, f"hydra.run.dir='{quoted}'", "hydra.output_subdir=null", "hydra/job_logging=stdout"]
+    return argv
+
+
+def override_values(argv: Sequence[str]) -> dict[str, Any]:
+    """``{key: value}`` of ``key=value`` overrides as Hydra parses them; a value Hydra cannot parse
+    (non-ASCII characters, ``=`` or ``,`` unquoted) is an error saying how to quote it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    values: dict[str, Any] = {}
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except HydraException as error:
+            key, value = arg.split("=", 1)
+            raise InputError(
+                f"cannot parse override {arg!r} ({str(error).splitlines()[0]}): quote a value with spaces, "
+                f"',', '=' or non-ASCII characters for Hydra, e.g. \"{key}='{value}'\" in the shell"
+            ) from None
+        if override.is_sweep_override():
+            continue
+        values[override.get_key_element()] = override.value()
+    return values
+
+
+def option_defaults() -> dict[str, Any]:
+    """The options of ``configs/reconstruct.yaml`` (the one home of their defaults)."""
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).parent.parent / CONFIG_PATH / "reconstruct.yaml"
+    config = OmegaConf.to_container(OmegaConf.load(path))
+    return {k: v for k, v in config.items() if k not in ("defaults", "hydra", "run", "input")}

@@ -146,8 +146,9 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
     :attr:`trimesh.Trimesh.is_watertight` means what it says.
 
     Raises:
-        InputError: the file cannot be parsed, holds no triangles, has non-finite vertices or a
-            zero-size bounding box. The message names the file.
+        InputError: the file cannot be parsed, holds no triangles, has non-finite vertices, a
+            zero-size bounding box or only coplanar vertices (no inside: a single triangle). The
+            message names the file.
     """
     path = Path(path)
     try:
@@ -162,8 +163,21 @@ def load_mesh(path: str | os.PathLike) -> trimesh.Trimesh:
         raise InputError(f"mesh {path} has non-finite (NaN or inf) vertex coordinates")
     mesh = trimesh.Trimesh(vertices, np.asarray(raw.faces), process=True)
     if len(mesh.faces) == 0 or float(np.ptp(mesh.vertices, axis=0).max()) <= 0:
-        raise InputError(f"mesh {path} is degenerate (no extent)")
+        raise InputError(f"mesh {path} is degenerate (no triangle of non-zero area after merging vertices)")
+    if _is_flat(mesh.vertices):
+        raise InputError(
+            f"mesh {path} is flat (all {len(mesh.vertices)} vertices lie in one plane): it encloses no "
+            "volume, so occupancy, SDF sign and IoU are undefined"
+        )
     return mesh
+
+
+def _is_flat(vertices: np.ndarray, tolerance: float = 1e-9) -> bool:
+    """Whether points lie in one plane: the smallest singular value of the centred points is
+    negligible next to the largest (a single triangle, a planar sheet, a mesh that collapsed)."""
+    centred = np.asarray(vertices, dtype=np.float64) - np.mean(vertices, axis=0)
+    singular = np.linalg.svd(centred, compute_uv=False)
+    return len(singular) < 3 or singular[-1] <= tolerance * max(float(singular[0]), 1e-300)
 
 
 def normalize_mesh(mesh: trimesh.Trimesh, padding: float = 0.1) -> trimesh.Trimesh:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import colorsys
 import json
 import math
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,6 +95,34 @@ class ViewSignal:
 def _check_finite(values: np.ndarray | float, what: str) -> None:
     if not np.all(np.isfinite(values)):
         raise InputError(f"{what} holds NaN or inf")
+
+
+def _json_number(meta: dict[str, Any], key: str, path: Path) -> float:
+    """``meta[key]`` as a finite float; a string, a boolean or a list is an error naming file and key."""
+    value = meta[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"{path} key {key!r} must be a number, got {value!r}")
+    _check_finite(float(value), f"{path} key {key!r}")
+    return float(value)
+
+
+def _check_focal(focal: float, what: str) -> None:
+    if not focal > 0:
+        raise InputError(f"{what} focal length {focal} must be positive (pixels)")
+
+
+def _check_pose(pose: np.ndarray, what: str) -> None:
+    """A camera-to-world matrix must be invertible: a singular rotation block gives degenerate rays."""
+    if np.linalg.cond(pose[:3, :3]) > 1e8 or np.linalg.cond(pose) > 1e12:
+        raise InputError(f"{what} is not invertible (singular rotation block): not a camera pose")
+
+
+def _check_downscale_fits(downscale: int, height: int, width: int, where: Path) -> None:
+    if downscale > min(height, width):
+        raise InputError(
+            f"downscale={downscale} is larger than the {height} x {width} images of {where}; "
+            f"valid: 1 to {min(height, width)}"
+        )
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -212,8 +241,20 @@ class NerfSyntheticScene:
     def _frame_file(self, frame: dict[str, Any], index: int) -> Path:
         if "file_path" not in frame:
             raise InputError(f"{self.transforms_path} frame {index} has no key 'file_path'")
+        if not isinstance(frame["file_path"], str) or not frame["file_path"]:
+            raise InputError(
+                f"{self.transforms_path} frame {index} key 'file_path' must be a non-empty string, "
+                f"got {frame['file_path']!r}"
+            )
         relative = Path(frame["file_path"])
         expected = self.root / (relative if relative.suffix else relative.with_suffix(".png"))
+        # lexically (`..` parts), so that links the user placed inside the folder still work
+        root = Path(os.path.normpath(self.root.absolute()))
+        if relative.is_absolute() or not Path(os.path.normpath(root / relative)).is_relative_to(root):
+            raise InputError(
+                f"{self.transforms_path} frame {index} file_path {frame['file_path']!r} leaves the "
+                f"scene folder {self.root} (frame files must lie inside it)"
+            )
         # the file as named, with .png added, or beside transforms.json (Learned Initializations)
         for path in (expected, self.root / relative, self.root / f"{relative.stem}.png"):
             if path.is_file():
@@ -233,6 +274,7 @@ class NerfSyntheticScene:
         if pose.shape != (4, 4):
             raise InputError(f"{what} has shape {pose.shape}; expected (4, 4)")
         _check_finite(pose, what)
+        _check_pose(pose, what)
         return pose
 
     def __len__(self) -> int:
@@ -251,6 +293,7 @@ class NerfSyntheticScene:
         images = _stack_images([_read_rgb(p) for p in paths], paths)
         height, width = images.shape[1:3]
         focal, cx, cy = self._intrinsics(width, height)
+        _check_downscale_fits(self.downscale, height, width, self.transforms_path)
         images = _downscale(images, self.downscale)
         c2w = torch.from_numpy(np.stack(poses)).float()
         c2w[:, :3, 3] *= self.scale
@@ -268,16 +311,15 @@ class NerfSyntheticScene:
     def _intrinsics(self, width: int, height: int) -> tuple[float, float, float]:
         meta, path = self.meta, self.transforms_path
         if "fl_x" in meta:
-            focal = float(meta["fl_x"])
-            _check_finite(focal, f"{path} key 'fl_x'")
+            focal = _json_number(meta, "fl_x", path)
+            _check_focal(focal, f"{path} key 'fl_x':")
         else:
-            angle = float(meta["camera_angle_x"])
-            _check_finite(angle, f"{path} key 'camera_angle_x'")
+            angle = _json_number(meta, "camera_angle_x", path)
             if not 0 < angle < math.pi:
-                raise InputError(f"{path} camera_angle_x = {angle} is not in (0, pi)")
+                raise InputError(f"{path} key 'camera_angle_x' = {angle} is not in (0, pi) radians")
             focal = 0.5 * width / math.tan(0.5 * angle)
-        cx, cy = float(meta.get("cx", width / 2)), float(meta.get("cy", height / 2))
-        _check_finite(np.array([cx, cy]), f"{path} principal point (cx, cy)")
+        cx = _json_number(meta, "cx", path) if "cx" in meta else width / 2
+        cy = _json_number(meta, "cy", path) if "cy" in meta else height / 2
         return focal, cx, cy
 
 
@@ -384,6 +426,9 @@ class SRNScene:
                 f"{path} is not an SRN intrinsics file ('f cx cy 0' / barycenter / scale / 'H W')"
             ) from None
         _check_finite(np.array([focal, cx, cy]), f"{path} intrinsics")
+        _check_focal(focal, f"{path} intrinsics:")
+        if height < 1 or width < 1:
+            raise InputError(f"{path} intrinsics: image size {height} x {width} must be positive")
         return focal, cx, cy, height, width, world2cam
 
     def _read_pose(self, path: Path, world2cam: bool) -> np.ndarray:
@@ -397,6 +442,7 @@ class SRNScene:
             raise InputError(f"pose file {path} holds {values.size} numbers; expected 16")
         _check_finite(values, f"pose file {path}")
         pose = values.reshape(4, 4)
+        _check_pose(pose, f"pose file {path}")
         return np.linalg.inv(pose) if world2cam else pose
 
     def __len__(self) -> int:

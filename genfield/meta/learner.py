@@ -35,7 +35,7 @@ from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.field import Field
 from genfield.forward import ForwardMap
-from genfield.interface import Prediction, Reconstructor
+from genfield.interface import Adapted, Prediction, Reconstructor
 from genfield.meta.tree import Tree, tree_all_finite
 
 
@@ -54,6 +54,16 @@ class AdaptedState:
     logvar: Tree | None = None
     context: Observations | None = None
     context_map: ForwardMap | None = None
+
+
+class AdaptedLearner(Adapted):
+    """A meta-learner's adapted state, predicted from at any queries without adapting again."""
+
+    def __init__(self, learner: MetaLearner, state: AdaptedState, num_samples: int) -> None:
+        self.learner, self.state, self.num_samples = learner, state, num_samples
+
+    def predict(self, queries: torch.Tensor, query_map: ForwardMap, *, variance: bool = True) -> Prediction:
+        return self.learner.predict(self.state, queries, query_map, self.num_samples, variance=variance)
 
 
 def _module_key(name: str) -> str:
@@ -199,3 +209,14 @@ class MetaLearner(Reconstructor):
         """Adapt to ``context`` for ``steps`` inner steps, then predict at ``queries``."""
         state = self.adapt(context, context_map, steps)
         return self.predict(state, queries, query_map, num_samples, variance=variance)
+
+    def condition_on(
+        self,
+        context: Observations,
+        context_map: ForwardMap,
+        *,
+        steps: int | None = None,
+        num_samples: int = 16,
+    ) -> AdaptedLearner:
+        """Run the inner loop once; the state serves every later :meth:`Adapted.predict`."""
+        return AdaptedLearner(self, self.adapt(context, context_map, steps), num_samples)

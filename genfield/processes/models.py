@@ -79,7 +79,7 @@ from genfield.errors import InputError, unknown_name
 from genfield.fields.field import Field, FieldConfig, Params
 from genfield.fields.heads import apply_head, head_channels
 from genfield.forward import ForwardMap
-from genfield.interface import Prediction, Reconstructor
+from genfield.interface import Adapted, Prediction, Reconstructor
 from genfield.kinds import KINDS, get_kind, options_for_kind
 from genfield.processes.encoders import (
     MLP,
@@ -390,6 +390,11 @@ class NeuralProcess(Reconstructor):
         return log_prob, error
 
     # -- checks -------------------------------------------------------------------------------
+    def check_queries(self, queries: torch.Tensor, query_map: ForwardMap) -> None:
+        """Point queries must lie in the field's domain (see :meth:`check_observations`)."""
+        if getattr(query_map, "name", "") == "point":
+            self.check_observations(Observations(queries, queries[..., :1]), query_map, "query")
+
     def check_observations(self, obs: Observations, forward_map: ForwardMap, role: str) -> None:
         """Raise :class:`InputError` for an empty set or point-map queries outside the domain."""
         if obs.num_signals == 0 or obs.num_observations == 0:
@@ -544,21 +549,46 @@ class NeuralProcess(Reconstructor):
         variance: bool = True,
     ) -> Prediction:
         """Predictive mean and variance of observations at ``queries`` from the context alone."""
+        self.check_queries(queries, query_map)  # before any work on the context
+        adapted = self.condition_on(context, context_map, steps=steps, num_samples=num_samples)
+        return adapted.predict(queries, query_map, variance=variance)
+
+    @torch.no_grad()
+    def condition_on(
+        self,
+        context: Observations,
+        context_map: ForwardMap,
+        *,
+        steps: int | None = None,
+        num_samples: int = 16,
+    ) -> ConditionedProcess:
+        """Encode the context, draw ``z ~ q(z|C)`` and run test-time optimisation, once."""
         self.check_observations(context, context_map, "context")
-        if getattr(query_map, "name", "") == "point":
-            probe = Observations(queries, queries[..., :1])
-            self.check_observations(probe, query_map, "query")
         k = num_samples if self.latent is not None else 1
         z = self.latent_prior(context).sample((k,)) if self.latent is not None else None
         cond = self.condition(context, z, forward_map=context_map)
         cond = self.refine(cond, context, context_map, k, self.config.tto_steps if steps is None else steps)
+        return ConditionedProcess(self, cond, k)
+
+
+class ConditionedProcess(Adapted):
+    """A neural process's conditioning (``K`` draws, refined): predictions reuse the same draws."""
+
+    def __init__(self, process: NeuralProcess, cond: Conditioning, k: int) -> None:
+        self.process, self.cond, self.k = process, cond, k
+
+    @torch.no_grad()
+    def predict(self, queries: torch.Tensor, query_map: ForwardMap, *, variance: bool = True) -> Prediction:
+        """Moments over the draws (law of total variance), in chunks of ``query_chunk`` queries."""
+        process = self.process
+        process.check_queries(queries, query_map)
         means, stds = [], []
-        for chunk in queries.split(self.config.query_chunk, dim=1):
-            mean, std = self.predict_observations(cond, chunk, query_map, k)
+        for chunk in queries.split(process.config.query_chunk, dim=1):
+            mean, std = process.predict_observations(self.cond, chunk, query_map, self.k)
             means.append(mean)
             stds.append(std)
         mean = torch.cat(means, dim=2)  # (K, S, M, c)
-        if not self.gaussian:
+        if not process.gaussian:
             p = torch.sigmoid(mean)
             avg = p.mean(0)
             return Prediction(avg, avg * (1 - avg), p)

@@ -134,7 +134,9 @@ def image_grid(
     absolute error | predictive standard deviation (when the method has one). The context panel
     shows the observed pixels and leaves the others black; ``context_mask=None`` drops the column
     (novel views, where the context is other images). Errors and standard deviations are averaged
-    over channels and share one colour scale across methods, so the panels compare directly.
+    over channels. Errors share one colour scale across methods, so they compare directly; each
+    method's standard deviation has its own scale and colour bar (methods' stds differ by orders of
+    magnitude: on a shared scale the smaller one, e.g. iBaML's, looks flat).
 
     Args:
         path: the file to write (PNG, PDF, SVG by suffix); parent folders are created.
@@ -149,6 +151,17 @@ def image_grid(
     Returns:
         The path written.
     """
+    return save_figure(grid_figure(ground_truth, context_mask, predictions, std, max_signals), path)
+
+
+def grid_figure(
+    ground_truth: Any,
+    context_mask: Any | None,
+    predictions: Mapping[str, Prediction | torch.Tensor | np.ndarray],
+    std: Mapping[str, Any | None] | None = None,
+    max_signals: int = 4,
+) -> Figure:
+    """The figure :func:`image_grid` writes (same arguments, without the path)."""
     truth = to_numpy(ground_truth)
     if truth.ndim != 4:
         raise InputError(f"image_grid: ground_truth must be (S, H, W, C), got {truth.shape}")
@@ -169,7 +182,7 @@ def image_grid(
     errors = {m: np.abs(means[m] - truth).mean(axis=-1) for m in means}
     stds = {m: s.mean(axis=-1) for m, s in stds.items()}
     error_max = max(float(e.max()) for e in errors.values()) or 1.0
-    std_max = max((float(s.max()) for s in stds.values()), default=0.0) or 1.0
+    std_max = {m: float(s.max()) or 1.0 for m, s in stds.items()}  # one scale per method
 
     columns = ["ground truth"] + (["context"] if context_mask is not None else [])
     for method in means:
@@ -178,7 +191,9 @@ def image_grid(
     axes = np.asarray(figure.subplots(rows, len(columns), squeeze=False))
     if context_mask is not None:
         mask = to_numpy(context_mask)[:rows].reshape(truth.shape[:3]) > 0.5
-    error_image = std_image = None
+    error_image = None
+    std_images: dict[str, Any] = {}
+    std_axes: dict[str, list] = {m: [] for m in stds}
     for r in range(rows):
         row = iter(axes[r])
         ax = next(row)
@@ -197,14 +212,16 @@ def image_grid(
             ax.set_title("|error|" if r == 0 else "", fontsize=8)
             if method in stds:
                 ax = next(row)
-                std_image = ax.imshow(stds[method][r], cmap=STD_CMAP, vmin=0, vmax=std_max)
-                ax.set_title("predictive std" if r == 0 else "", fontsize=8)
+                std_images[method] = ax.imshow(stds[method][r], cmap=STD_CMAP, vmin=0, vmax=std_max[method])
+                std_axes[method].append(ax)
+                ax.set_title(f"{method} std" if r == 0 else "", fontsize=8)
     for ax in axes.ravel():
         _hide_axes(ax)
     figure.colorbar(error_image, ax=axes.ravel().tolist(), shrink=0.6, label="absolute error")
-    if std_image is not None:
-        figure.colorbar(std_image, ax=axes.ravel().tolist(), shrink=0.6, label="predictive std")
-    return save_figure(figure, path)
+    for method, image in std_images.items():
+        bar = figure.colorbar(image, ax=std_axes[method], shrink=0.8, location="bottom", aspect=12)
+        bar.ax.tick_params(labelsize=6)
+    return figure
 
 
 # -- CT --------------------------------------------------------------------------------------------
