@@ -32,14 +32,15 @@ def inside(values: torch.Tensor, target: str) -> torch.Tensor:
 
 
 def reconstructed_field(method: Any, batch: SignalBatch) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A field over 3-D points ``(P, 3) -> (P, 1)``: ``method`` reconstructing the first signal."""
+    """A field over 3-D points ``(P, 3) -> (P, 1)``: ``method`` conditioned once on the first signal's
+    context (:meth:`~genfield.interface.Reconstructor.condition_on`), so every chunk of a
+    marching-cubes grid reuses the same adapted state."""
     first = batch.select(slice(0, 1))
+    adapted = method.condition_on(first.context, first.forward_map)
 
     def field_fn(points: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return method.reconstruct(
-                first.context, first.forward_map, points[None], PointMap(), variance=False
-            ).mean[0]
+            return adapted.predict(points[None], PointMap(), variance=False).mean[0]
 
     return field_fn
 
@@ -103,13 +104,12 @@ class ShapeKind(KindSpec):
         target = batch.extras.get("target", "occupancy")
         written: list[Path] = []
         for name, field_fn in field_fns.items():
-            try:  # one chunk: a field_fn built on `reconstruct` adapts to the context on every call
+            try:
                 mesh = extract_mesh(
                     field_fn,
                     resolution=mesh_resolution,
                     level=SURFACE_LEVEL[target],
                     kind=target,
-                    chunk=mesh_resolution**3,
                 )
             except ValueError as error:  # the level set was not crossed: say so, keep going
                 (out / f"mesh_{name}.txt").write_text(str(error))
