@@ -140,7 +140,6 @@ TRAIN_RULES: dict[str, Rule] = {
     "eval.steps": nullable(COUNT0),
     "eval.num_samples": COUNT,
     "eval.figure": BOOLEAN,
-    "method.lr": NONNEGATIVE,
 }
 COMPARE_RULES: dict[str, Rule] = {
     "seed": COUNT0,
