@@ -105,19 +105,9 @@ def _main(argv: list[str]) -> None:
     from genfield.runfiles import Interrupted, kept, terminate_as_interrupt
 
     command, rest = argv[0], argv[1:]
-    terminate_as_interrupt()
     try:
-        if command == "fit":
-            choose_threads()
-            fit_main(rest)
-        elif command in HYDRA_COMMANDS:
-            from genfield.app import run_hydra_command
-
-            choose_threads()
-            run_hydra_command(command, rest)
-        else:
-            fail(f"unknown command {command!r}; valid: fit, {', '.join(HYDRA_COMMANDS)}")
-        sys.stdout.flush()
+        with terminate_as_interrupt():
+            _run(command, rest)
     except InputError as error:
         fail(str(error))
     except KeyboardInterrupt as error:
@@ -125,6 +115,20 @@ def _main(argv: list[str]) -> None:
         what = "nothing (fit writes its files when it ends)" if command == "fit" else kept(None)
         print(f"genfield: interrupted; kept: {what}", file=sys.stderr)
         raise SystemExit(code) from None
+
+
+def _run(command: str, rest: list[str]) -> None:
+    if command == "fit":
+        choose_threads()
+        fit_main(rest)
+    elif command in HYDRA_COMMANDS:
+        from genfield.app import run_hydra_command
+
+        choose_threads()
+        run_hydra_command(command, rest)
+    else:
+        fail(f"unknown command {command!r}; valid: fit, {', '.join(HYDRA_COMMANDS)}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

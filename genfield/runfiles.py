@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import math
@@ -19,7 +20,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -199,14 +200,21 @@ def _name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def terminate_as_interrupt() -> None:
-    """Make SIGTERM behave as Ctrl-C (an :class:`Interrupted` with exit status 143) in this process."""
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM behaves as Ctrl-C (an :class:`Interrupted` with exit status 143)."""
 
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted("terminated (SIGTERM)", 128 + signum)
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class StopAtStepBoundary:
