@@ -79,6 +79,8 @@ def run_train(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     resume_from = check_train_folder(out_dir, config)
     if resume_from is not None and config.get("overwrite") and is_main_process():
         start_fresh(out_dir)
+    if resume_from is None and config.get("resume"):
+        print(f"genfield: no checkpoint in {out_dir} yet; resume=true starts at step 0", file=sys.stderr)
     if resume_from is not None and config.get("resume") and resume_from == config["train"]["steps"]:
         print(
             f"genfield: {out_dir} is already at train.steps={resume_from}; evaluating only", file=sys.stderr

@@ -48,13 +48,21 @@ RESUMABLE_KEYS = (
 # The run folder
 # --------------------------------------------------------------------------------------------------
 def check_writable(folder: Path, key: str) -> None:
-    """Create ``folder`` and a probe file in it, or raise one line naming ``key`` and the reason."""
+    """Raise one line naming ``key`` unless ``folder`` can be created and written.
+
+    Probes the nearest existing folder on the way with a temporary file (gone when closed), so a
+    check of a folder that is not made yet (a timestamped run folder) leaves nothing behind.
+    """
+    probe = Path(folder).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{key}={folder}: cannot write there ({probe} is a file, not a folder)")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as error:
-        raise InputError(f"{key}={folder}: cannot write there ({error.strerror or error})") from None
+        raise InputError(f"{key}={folder}: cannot write there ({probe}: {error.strerror or error})") from None
 
 
 def check_run_folder(out_dir: Path, config: Mapping[str, Any]) -> int | None:
