@@ -127,8 +127,12 @@ def _without(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_fresh(out_dir: Path) -> None:
-    """``overwrite=true``: remove the previous run's checkpoint and training logs before training."""
-    for path in (out_dir / CHECKPOINT, out_dir / METRICS, out_dir / VALIDATION):
+    """``overwrite=true``: remove the previous run's checkpoints and training logs before training."""
+    for path in [
+        *(out_dir / CHECKPOINT.parent).glob("*.safetensors"),
+        out_dir / METRICS,
+        out_dir / VALIDATION,
+    ]:
         path.unlink(missing_ok=True)
 
 
