@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from genfield.app import _guard
 from genfield.checkpoint import read_checkpoint_metadata, save_checkpoint
 from genfield.cli import choose_threads, main
 from genfield.datasets.builtin import builtin_faces
@@ -205,9 +206,18 @@ def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_it_names(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
-def test_an_interrupt_before_any_checkpoint_claims_none(tmp_path):
-    assert "checkpoint" not in kept(tmp_path).replace("first checkpoint", "")
-    assert kept(None).startswith("nothing")
+def test_an_interrupt_before_any_checkpoint_claims_none(tmp_path, capsys):
+    def work():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        _guard(work)
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip() == "genfield: interrupted; kept: nothing (no run folder yet)"
+    append_rows(tmp_path / "metrics.csv", [{"step": 0, "loss": 1.0}])
+    assert kept(tmp_path) == "metrics.csv (1 rows)"  # rows, and no checkpoint named
+    save_checkpoint(tmp_path / "checkpoints" / "last.safetensors", learner(), step=1)
+    assert kept(tmp_path).startswith(f"checkpoint {tmp_path / 'checkpoints' / 'last.safetensors'} (step 1)")
 
 
 def test_train_progress_bar_carries_its_label(tmp_path, capsys):
