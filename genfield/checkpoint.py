@@ -110,6 +110,18 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     }
 
 
+def stored_config(checkpoint: str | Path) -> dict[str, Any]:
+    """The resolved config stored in a checkpoint by ``genfield train``; an error when it lacks what
+    rebuilding the run needs (``reconstruct``) or comparing it with a resumed run's (``train``)."""
+    config = read_checkpoint_metadata(checkpoint)["config"]
+    missing = [k for k in ("method", "field", "data", "resolved") if k not in config]
+    if missing:
+        raise InputError(
+            f"checkpoint {checkpoint} stores no {'/'.join(missing)} config (not written by `genfield train`?)"
+        )
+    return config
+
+
 def load_checkpoint(
     path: str | Path,
     model: torch.nn.Module,

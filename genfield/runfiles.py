@@ -115,8 +115,7 @@ def _resumable(key: str) -> bool:
 
 def _stored_config(checkpoint: Path) -> dict[str, Any]:
     """The step and config of a checkpoint, with the check ``reconstruct`` makes that it is a run's."""
-    from genfield.checkpoint import read_checkpoint_metadata
-    from genfield.commands.reconstruct import stored_config
+    from genfield.checkpoint import read_checkpoint_metadata, stored_config
 
     return {"step": read_checkpoint_metadata(checkpoint)["step"], "config": stored_config(checkpoint)}
 
