@@ -90,7 +90,10 @@ def choose_threads() -> int:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        _main(argv)
+        try:
+            _main(argv)
+        finally:  # what Hydra's --help printed is flushed here, where a closed pipe is caught
+            sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (`genfield --help | head`): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

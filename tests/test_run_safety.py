@@ -280,12 +280,13 @@ def test_threads_follow_omp_num_threads(monkeypatch):
         torch.set_num_threads(threads)
 
 
-def test_help_into_a_closed_pipe_ends_quietly():
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
+def test_help_into_a_closed_pipe_ends_quietly(args):
     read, write = os.pipe()
     os.close(read)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     result = subprocess.run(
-        [sys.executable, "-m", "genfield", "--help"], stdout=write, stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "genfield", *args], stdout=write, stderr=subprocess.PIPE, text=True, env=env
     )
     os.close(write)
     assert result.returncode == 141 and "Traceback" not in result.stderr, result.stderr
