@@ -24,7 +24,9 @@ CONFIG_PATH = "configs"
 
 
 def _guard(work: Callable[[], Any]) -> Any:
-    """Run ``work``; bad input becomes a one-line message and exit status 2 (not a traceback)."""
+    """Run ``work``; bad input becomes a one-line message and exit status 2 (not a traceback); an
+    interrupt (Ctrl-C, SIGTERM) says what the run folder kept and exits with 128 + the signal."""
+    from genfield.runfiles import Interrupted, kept
     from genfield.training import TrainingDiverged
 
     try:
@@ -32,9 +34,19 @@ def _guard(work: Callable[[], Any]) -> Any:
     except (InputError, TrainingDiverged) as error:
         print(f"genfield: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("genfield: interrupted; the last checkpoint is intact", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as error:
+        code = error.exit_code if isinstance(error, Interrupted) else 130
+        what = str(error) if isinstance(error, Interrupted) and "kept:" in str(error) else None
+        print(f"genfield: {what or f'interrupted; kept: {kept(_current_run_dir())}'}", file=sys.stderr)
+        raise SystemExit(code) from None
+
+
+def _current_run_dir() -> Path | None:
+    """Hydra's output directory when inside a Hydra job, else None."""
+    try:
+        return run_dir()
+    except Exception:  # noqa: BLE001 - no Hydra job is running
+        return None
 
 
 def run_dir() -> Path:
@@ -56,14 +68,27 @@ def run_train(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     from genfield.distributed import init_distributed, is_main_process
     from genfield.evaluation import evaluate
     from genfield.reports import write_figures
+    from genfield.runfiles import start_fresh
     from genfield.training import TrainConfig, resolve_device, train
+    from genfield.validation import validate_train
 
     init_distributed()
-    out_dir = out_dir or run_dir()
+    out_dir = run_dir() if out_dir is None else Path(out_dir)
     config = plain(cfg)
+    validate_train(config)
+    resume_from = check_train_folder(out_dir, config)
+    if resume_from is not None and config.get("overwrite") and is_main_process():
+        start_fresh(out_dir)
+    if resume_from is None and config.get("resume"):
+        print(f"genfield: no checkpoint in {out_dir} yet; resume=true starts at step 0", file=sys.stderr)
+    if resume_from is not None and config.get("resume") and resume_from == config["train"]["steps"]:
+        print(
+            f"genfield: {out_dir} is already at train.steps={resume_from}; evaluating only", file=sys.stderr
+        )
     torch.manual_seed(int(cfg.seed))
     device = resolve_device(str(cfg.device))
     bundle = build_data(config["data"], seed=int(cfg.seed))
+    check_splits(bundle, config["data"])
     # what `reconstruct` needs to rebuild the model without the training data
     config["resolved"] = {"kind": bundle.kind, "head": bundle.head, "in_dim": bundle.in_dim}
     field = build_field_for(config["field"], bundle)
@@ -83,7 +108,7 @@ def run_train(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         batches,
         train_config,
         out_dir,
-        resume=bool(cfg.resume),
+        resume=config["resume"],
         validate=validate,
         run_config=config,
         device=device,
@@ -112,20 +137,89 @@ def run_train(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     return summary
 
 
+def check_train_folder(out_dir: Path, config: dict[str, Any]) -> int | None:
+    """The run folder is writable and training into it loses nothing (see :mod:`genfield.runfiles`);
+    returns the step of the checkpoint it holds, if any."""
+    from genfield.runfiles import check_run_folder, check_writable
+
+    check_writable(out_dir, "hydra.run.dir")
+    return check_run_folder(out_dir, config)
+
+
+def check_splits(bundle: Any, data: dict[str, Any]) -> None:
+    """Every split holds a signal; else name the split, ``data.split_fractions`` and the minimum count."""
+    from genfield.datasets.sampling import split_indices
+
+    for which in ("train", "val", "test"):
+        if len(getattr(bundle, which)) == 0:
+            total = sum(len(getattr(bundle, w)) for w in ("train", "val", "test"))
+            fractions = (
+                data["split_fractions"] if data.get("split_fractions") is not None else (0.8, 0.1, 0.1)
+            )
+            fits = (n for n in range(1, 10_000) if all(len(p) for p in split_indices(n, fractions).values()))
+            raise InputError(
+                f"data={data.get('name')}: the {which} split is empty ({total} signals split by "
+                f"data.split_fractions={list(fractions)}); give at least {next(fits, '?')} signals "
+                "or change data.split_fractions"
+            )
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def train_app(cfg: DictConfig) -> None:
     _guard(lambda: run_train(cfg))
 
 
 def run_hydra_command(command: str, argv: list[str]) -> None:
-    """Run a Hydra application with ``argv`` as its command line."""
+    """Run a Hydra application with ``argv`` as its command line, after checking its config."""
     apps = {"train": train_app}
     if command not in apps:
         from importlib import import_module
 
         apps[command] = import_module(f"genfield.commands.{command}").app
-    sys.argv = [f"genfield {command}", *argv, *_torchrun_overrides(argv)]
+    argv = [*argv, *_torchrun_overrides(argv)]
+    preflight(command, argv)
+    sys.argv = [f"genfield {command}", *argv]
     apps[command]()
+
+
+def preflight(command: str, argv: list[str]) -> None:
+    """Validate a ``train``/``compare``/``demo`` config and its run folder before Hydra starts the
+    job, so a refused command writes nothing (Hydra's job start rewrites ``.hydra/`` in the folder).
+
+    Flags (``--help``, ``--cfg``, ``-m``) and overrides Hydra cannot compose are left to Hydra (it
+    reports them itself); the job checks its config again, so multirun jobs are checked too.
+    """
+    if command not in ("train", "compare", "demo") or any(a.startswith("-") for a in argv):
+        return
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_module("genfield.configs", version_base="1.3"):
+            cfg = compose(command, overrides=argv, return_hydra_config=True)
+            out_dir = Path(str(cfg.hydra.run.dir))
+            OmegaConf.set_struct(cfg, False)
+            cfg.pop("hydra")
+            config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - Hydra reports bad overrides and interpolations itself
+        return
+    run_check(command, config, out_dir)
+
+
+def run_check(command: str, config: dict[str, Any], out_dir: Path) -> None:
+    """The checks before any work: the config's types and ranges, then the output folder."""
+    from genfield.runfiles import check_writable
+    from genfield.validation import validate_compare, validate_train
+
+    def check() -> None:
+        if command == "train":
+            validate_train(config)
+            check_train_folder(out_dir, config)
+        else:
+            validate_compare(config)
+            check_writable(out_dir, "hydra.run.dir")
+
+    _guard(check)
 
 
 def _torchrun_overrides(argv: list[str]) -> list[str]:

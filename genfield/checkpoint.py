@@ -2,20 +2,24 @@
 
 A checkpoint is written atomically (a temporary file in the same folder, flushed and fsynced, then
 ``os.replace``), so an interrupted run never leaves a half-written file: the previous checkpoint stays
-intact until the new one is complete. The resolved config and the genfield version travel in the
-file's metadata, so a checkpoint can be checked against the config it is loaded into.
+intact until the new one is complete. The temporary file is named ``.<name>.<pid>.<random>.tmp``
+and created with the process umask (like any output file, not mode 0600); one that a SIGKILL left
+behind is removed by the next write of the same checkpoint. The resolved config and the genfield
+version travel in the file's metadata, so a checkpoint can be checked against the config it is
+loaded into.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as serialize
 
 import genfield
 from genfield.errors import InputError
@@ -66,17 +70,25 @@ def save_checkpoint(
         optim_tensors, metadata["optimizer"] = _flatten_optimizer(optimizer.state_dict())
         tensors.update(optim_tensors)
     tensors[_RNG + "torch"] = torch.get_rng_state()
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
+        stale.unlink(missing_ok=True)
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         save_file(tensors, temporary, metadata=metadata)
-        with open(temporary, "rb") as file:
-            os.fsync(file.fileno())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
     return path
+
+
+def save_file(tensors: dict[str, torch.Tensor], filename: Path, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file`` into a new file created with the process umask (safetensors'
+    own makes it mode 0600), flushed and fsynced."""
+    with os.fdopen(os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
+        file.write(serialize(tensors, metadata=metadata))
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
@@ -98,6 +110,18 @@ def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     }
 
 
+def stored_config(checkpoint: str | Path) -> dict[str, Any]:
+    """The resolved config stored in a checkpoint by ``genfield train``; an error when it lacks what
+    rebuilding the run needs (``reconstruct``) or comparing it with a resumed run's (``train``)."""
+    config = read_checkpoint_metadata(checkpoint)["config"]
+    missing = [k for k in ("method", "field", "data", "resolved") if k not in config]
+    if missing:
+        raise InputError(
+            f"checkpoint {checkpoint} stores no {'/'.join(missing)} config (not written by `genfield train`?)"
+        )
+    return config
+
+
 def load_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
@@ -114,9 +138,7 @@ def load_checkpoint(
     weights = {k[len(_MODEL) :]: v for k, v in tensors.items() if k.startswith(_MODEL)}
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    mismatched = sorted(
-        k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape
-    )
+    mismatched = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
     if missing or unexpected or mismatched:
         raise InputError(
             f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
@@ -131,9 +153,7 @@ def load_checkpoint(
     return meta
 
 
-def config_differences(
-    saved: dict[str, Any], current: dict[str, Any], prefix: str = ""
-) -> list[str]:
+def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested config dicts."""
     differences = []
     for key in sorted(set(saved) | set(current)):

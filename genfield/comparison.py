@@ -123,6 +123,7 @@ def run_comparison(
                 ),
                 out / data_name / method_name,
                 device=torch_device,
+                label=f"{method_name} on {data_name}",
             )
             for setting, adapt_steps in method.settings(budget):
                 with measure(torch_device) as cost:

@@ -12,9 +12,7 @@ which is kept: checkpoints are written atomically and only after finite steps.
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,6 +30,14 @@ from genfield.distributed import broadcast_module, check_same_on_ranks
 from genfield.distributed import world as process_world
 from genfield.errors import InputError
 from genfield.interface import Reconstructor
+from genfield.runfiles import (
+    METRICS,
+    VALIDATION,
+    StopAtStepBoundary,
+    append_rows,
+    keep_rows,
+    stops_at_step_boundary,
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -132,6 +138,7 @@ def all_reduce_gradients(
     return {k: v / world for k, v in zip(names, values, strict=True)}
 
 
+@stops_at_step_boundary
 def train(
     method: Reconstructor,
     batches: StepBatches,
@@ -142,6 +149,7 @@ def train(
     validate: Callable[[Reconstructor], dict[str, float]] | None = None,
     run_config: dict[str, Any] | None = None,
     device: torch.device | None = None,
+    label: str = "train",
 ) -> TrainResult:
     """Train ``method`` for ``config.steps`` steps on the meta-batches of ``batches``.
 
@@ -154,6 +162,11 @@ def train(
         validate: called every ``val_every`` steps on rank 0; returns metrics to log.
         run_config: the resolved config stored in checkpoints.
         device: where to train (default: where the method's parameters are).
+        label: the progress bar's label (``compare`` names the method and dataset).
+
+    ``metrics.csv`` / ``validation.csv`` grow as rows are logged; rows past the starting step (the
+    checkpoint's on resume, 0 otherwise) are dropped first. SIGINT / SIGTERM stop at the next step
+    boundary with a checkpoint and raise :class:`~genfield.runfiles.Interrupted`.
     """
     out_dir = Path(out_dir)
     rank, world = _world()
@@ -167,6 +180,10 @@ def train(
     if resume and checkpoint.is_file():
         start = load_checkpoint(checkpoint, method, optimizer)["step"]
     check_same_on_ranks(start, "the step to resume from", world)
+    saved = start
+    if rank == 0:  # the logs continue from the starting step: no row is logged twice
+        keep_rows(out_dir / METRICS, lambda logged: logged < start)
+        keep_rows(out_dir / VALIDATION, lambda validated: validated <= start)
     broadcast_module(method, world)  # every rank starts from rank 0's weights, as DDP does
     result = TrainResult(steps=start)
     # Mixed precision where it is safe: bf16 autocast on CUDA, never for second-order estimators
@@ -179,11 +196,14 @@ def train(
         range(start, config.steps),
         initial=start,
         total=config.steps,
-        desc="train",
+        desc=label,
         unit="step",
         disable=not config.progress or rank != 0,
     )
+    stop = StopAtStepBoundary.current()
     for step in bar:
+        if stop.requested:
+            break
         batch = shard(batches[step], rank, world).to(device)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
@@ -197,13 +217,15 @@ def train(
                 else "none"
             )
             raise TrainingDiverged(f"non-finite loss at step {step}; last finite checkpoint: {last}")
-        if config.grad_clip:
+        if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
         optimizer.step()
         result.steps = step + 1
         if step % config.log_every == 0 or step + 1 == config.steps:
             logged = {"step": step, **{k: float(v) for k, v in metrics.items()}}
             result.history.append(logged)
+            if rank == 0:
+                append_rows(out_dir / METRICS, [logged])
             bar.set_postfix({k: f"{v:.4g}" for k, v in logged.items() if k != "step"})
             if writer is not None:
                 for key, value in logged.items():
@@ -211,34 +233,26 @@ def train(
         if validate is not None and rank == 0 and (step + 1) % config.val_every == 0:
             scores = {"step": step + 1, **validate(method)}
             result.validation.append(scores)
+            append_rows(out_dir / VALIDATION, [scores])
             if writer is not None:
                 for key, value in scores.items():
                     writer.add_scalar(f"val/{key}", value, step + 1)
         if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
             save_checkpoint(checkpoint, method, optimizer, step + 1, run_config)
+            saved = step + 1
+    bar.close()
     result.seconds = time.perf_counter() - began
-    if rank == 0:
-        result.checkpoint = checkpoint if checkpoint.is_file() else None
-        _write_csv(out_dir / "metrics.csv", result.history)
-        if result.validation:
-            _write_csv(out_dir / "validation.csv", result.validation)
     if writer is not None:
         writer.close()
-    return result
-
-
-def _write_csv(path: Path, rows: list[dict[str, float]]) -> None:
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names = sorted({k for row in rows for k in row}, key=lambda k: (k != "step", k))
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(
-            {k: (v if not isinstance(v, float) or math.isfinite(v) else "nan") for k, v in row.items()}
-            for row in rows
+    if stop.requested:  # the steps done since the last checkpoint are kept too
+        if rank == 0 and result.steps > saved:
+            save_checkpoint(checkpoint, method, optimizer, result.steps, run_config)
+        raise stop.interrupted(
+            out_dir, result.steps, config.steps, checkpoint if checkpoint.is_file() else None
         )
+    if rank == 0:
+        result.checkpoint = checkpoint if checkpoint.is_file() else None
+    return result
 
 
 def _tensorboard(out_dir: Path):

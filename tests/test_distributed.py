@@ -196,7 +196,7 @@ def test_torchrun_train_writes_one_checkpoint_and_resumes(tmp_path):
     torchrun_train(run, 5, "resume=true")
     assert read_checkpoint_metadata(run / "checkpoints" / "last.safetensors")["step"] == 5
     rows = (run / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["3", "4"]  # continued, not restarted
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3", "4"]  # continued: each step once
 
     # 3 + 2 steps on 2 processes land where 5 uninterrupted steps on 1 process land
     single = tmp_path / "single"

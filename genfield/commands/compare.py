@@ -10,8 +10,12 @@ from genfield.app import CONFIG_PATH, _guard, run_dir
 
 def run(cfg: DictConfig) -> None:
     from genfield.comparison import run_comparison
+    from genfield.runfiles import check_writable
+    from genfield.validation import validate_compare
 
     out = run_dir()
+    validate_compare(OmegaConf.to_container(cfg, resolve=True))
+    check_writable(out, "hydra.run.dir")
     rows = run_comparison(
         list(cfg.datasets),
         list(cfg.methods),

@@ -47,7 +47,7 @@ from einops import rearrange
 from omegaconf import DictConfig
 
 from genfield.app import CONFIG_PATH, _guard, run_dir
-from genfield.checkpoint import config_differences, load_checkpoint, read_checkpoint_metadata
+from genfield.checkpoint import config_differences, load_checkpoint, stored_config
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
@@ -170,17 +170,6 @@ def find_checkpoint(run: str | Path) -> Path:
                 return candidate
         raise InputError(f"no checkpoint in run directory {path} (expected {path / CHECKPOINT})")
     raise InputError(f"run or checkpoint not found: {path}")
-
-
-def stored_config(checkpoint: Path) -> dict[str, Any]:
-    """The resolved config stored in a checkpoint; an error when it lacks what rebuilding needs."""
-    config = read_checkpoint_metadata(checkpoint)["config"]
-    missing = [k for k in ("method", "field", "data", "resolved") if k not in config]
-    if missing:
-        raise InputError(
-            f"checkpoint {checkpoint} stores no {'/'.join(missing)} config (not written by `genfield train`?)"
-        )
-    return config
 
 
 def load_run(run: str | Path, device: torch.device | str = "cpu") -> Run:
