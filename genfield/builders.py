@@ -86,6 +86,13 @@ def _image_data(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any, int]:
         size = int(_option(cfg, "size", 32))
         parts = tuple(builtin_faces(split, size=size) for split in ("train", "val", "test"))
         return (*parts, 1)
+    if cfg["name"] == "glyphs":
+        from genfield.datasets.builtin import builtin_glyphs
+
+        size, n = int(_option(cfg, "size", 32)), _option(cfg, "n_signals", None)
+        counts = {"train": n, "val": None, "test": None}
+        parts = tuple(builtin_glyphs(s, size, counts[s], seed) for s in counts)
+        return (*parts, 1)
     folder = ImageFolder(
         _require_folder(cfg), size=int(_option(cfg, "size", 64)), grey=bool(cfg.get("grey", False))
     )
