@@ -116,9 +116,15 @@ def _ct_data(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
 
         images = ImageFolder(_require_folder(cfg), size=resolution, grey=True)
     else:
-        from genfield.datasets.builtin import builtin_natural
+        from genfield.datasets.builtin import builtin_natural, natural_photos
 
-        images = builtin_natural(int(_option(cfg, "n_signals", 256)), size=resolution, seed=seed, grey=True)
+        counts = {"train": int(_option(cfg, "n_signals", 256)), "val": 16, "test": 16}
+        return tuple(  # val and test crops come from photographs never cropped for training
+            SinogramImageDataset(
+                builtin_natural(n, resolution, seed + i, True, natural_photos(s, True)), resolution=resolution
+            )
+            for i, (s, n) in enumerate(counts.items())
+        )
     return _three_way(SinogramImageDataset(images, resolution=resolution), cfg, seed)
 
 

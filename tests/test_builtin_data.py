@@ -8,7 +8,17 @@ import torch
 from genfield.builders import build_data
 from genfield.classical import build_baseline
 from genfield.comparison import load_group
-from genfield.datasets.builtin import GLYPH_CHARACTERS, GLYPH_FONTS, Glyphs, builtin_glyphs, font_file
+from genfield.datasets.builtin import (
+    COLOUR_PHOTOS,
+    GLYPH_CHARACTERS,
+    GLYPH_FONTS,
+    GREY_PHOTOS,
+    Glyphs,
+    builtin_glyphs,
+    builtin_natural,
+    font_file,
+    natural_photos,
+)
 from genfield.datasets.images import ImageSplit
 from genfield.datasets.sampling import seeded_generator
 from genfield.errors import InputError
@@ -102,3 +112,22 @@ def test_learned_gaussian_prior_beats_biharmonic_beats_mean_on_held_out_typeface
         scores[name] = psnr(image, batch.ground_truth).mean().item()
     assert scores["gaussian-prior"] > scores["biharmonic"] + 0.5, scores
     assert scores["biharmonic"] > scores["mean"] + 0.5, scores
+
+
+@pytest.mark.parametrize("grey", [True, False])
+def test_natural_crop_splits_hold_out_whole_photographs(grey):
+    photos = {s: set(natural_photos(s, grey)) for s in SPLITS}
+    assert all(photos.values())
+    assert not photos["train"] & photos["val"] and not photos["train"] & photos["test"]
+    assert not photos["val"] & photos["test"]
+    assert set.union(*photos.values()) == set(COLOUR_PHOTOS + GREY_PHOTOS if grey else COLOUR_PHOTOS)
+    crops = builtin_natural(40, 8, seed=0, grey=grey, photos=natural_photos("train", grey))
+    assert {crops.crop_box(i)[0] for i in range(40)} <= photos["train"]
+
+
+def test_ct_images_without_a_folder_tests_on_held_out_photographs():
+    bundle = build_data(load_group("data", "ct_images", {"n_signals": 12, "resolution": 16}), seed=0)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (12, 16, 16)
+    for part, split in ((bundle.train, "train"), (bundle.test, "test")):
+        used = {part.images.crop_box(i)[0] for i in range(len(part))}
+        assert used <= set(natural_photos(split, True))

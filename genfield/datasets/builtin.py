@@ -4,7 +4,8 @@
   (``skimage.data.lfw_subset()``: 200 grey 25 x 25 crops, the first 100 faces, the rest not),
   split train/val/test 80/10/10 deterministically.
 * :func:`builtin_natural`: random square crops of scikit-image's bundled photographs, each crop a
-  pure function of ``(seed, index)``.
+  pure function of ``(seed, index)``; :func:`natural_photos` names the photographs of each split,
+  so validation and test crops come from photographs never seen in training.
 * :func:`builtin_glyphs`: letters and digits rendered from the typefaces matplotlib ships, in random
   poses, with the validation and test typefaces never seen in training (see its docstring for why
   this is the built-in collection a prior can be learned from).
@@ -48,6 +49,12 @@ GREY_PHOTOS: tuple[str, ...] = (
     "clock",
     "cell",
 )
+
+#: Photographs whose crops form the held-out splits of :func:`natural_photos` (never cropped for training).
+HELD_OUT_PHOTOS: dict[str, tuple[str, ...]] = {
+    "val": ("coins", "grass", "immunohistochemistry"),
+    "test": ("chelsea", "moon", "gravel"),
+}
 
 FACE_SPLITS = ("train", "val", "test")
 NUM_FACES = 100
@@ -150,6 +157,18 @@ class NaturalCrops:
             f"{name}[{top}:{top + side},{left}:{left + side}]",
             (side, side),
         )
+
+
+def natural_photos(split: str, grey: bool) -> tuple[str, ...]:
+    """The photographs of a split of natural crops: val and test crops come from photographs never
+    cropped for training (:data:`HELD_OUT_PHOTOS`); colour crops use the colour photographs only."""
+    if split not in FACE_SPLITS:
+        raise unknown_name("natural-crop split", split, FACE_SPLITS)
+    pool = COLOUR_PHOTOS + GREY_PHOTOS if grey else COLOUR_PHOTOS
+    if split in HELD_OUT_PHOTOS:
+        return tuple(name for name in pool if name in HELD_OUT_PHOTOS[split])
+    held_out = {name for names in HELD_OUT_PHOTOS.values() for name in names}
+    return tuple(name for name in pool if name not in held_out)
 
 
 def builtin_natural(
