@@ -118,7 +118,8 @@ def _ct_data(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
     else:
         from genfield.datasets.builtin import builtin_natural, natural_photos
 
-        counts = {"train": int(_option(cfg, "n_signals", 256)), "val": 16, "test": 16}
+        evals = max(int(_option(cfg, "eval_signals", 8)), 16)
+        counts = {"train": int(_option(cfg, "n_signals", 256)), "val": evals, "test": evals}
         return tuple(  # val and test crops come from photographs never cropped for training
             SinogramImageDataset(
                 builtin_natural(n, resolution, seed + i, True, natural_photos(s, True)), resolution=resolution
