@@ -108,7 +108,14 @@ def _slices(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
 
         images = ImageFolder(require_folder(cfg), size=resolution, grey=True)
     else:
-        from genfield.datasets.builtin import builtin_natural
+        from genfield.datasets.builtin import builtin_natural, natural_photos
 
-        images = builtin_natural(int(option(cfg, "n_signals", 256)), size=resolution, seed=seed, grey=True)
+        evals = max(int(option(cfg, "eval_signals", 8)), 16)
+        counts = {"train": int(option(cfg, "n_signals", 256)), "val": evals, "test": evals}
+        return tuple(  # val and test crops come from photographs never cropped for training
+            SinogramImageDataset(
+                builtin_natural(n, resolution, seed + i, True, natural_photos(s, True)), resolution=resolution
+            )
+            for i, (s, n) in enumerate(counts.items())
+        )
     return three_way(SinogramImageDataset(images, resolution=resolution), cfg, seed)

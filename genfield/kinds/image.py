@@ -1,6 +1,7 @@
 """Images: pixels observed directly (a :class:`~genfield.forward.point.PointMap`), scored by PSNR.
 
-Data configs ``faces`` (built-in LFW faces) and ``images`` (a folder). The context is a random
+Data configs ``faces`` (built-in LFW faces), ``glyphs`` (built-in letters and digits, held-out
+typefaces) and ``images`` (a folder). The context is a random
 fraction of the pixels (:class:`~genfield.datasets.images.ImageSplit`); evaluation queries every
 pixel, and scores PSNR and SSIM of the image clamped to [0, 1]. The figure is an image grid: ground
 truth | context | per method reconstruction, error, std. CT reuses the pixel-grid queries and scores.
@@ -74,6 +75,12 @@ class ImageKind(KindSpec):
 
             size = int(option(cfg, "size", 32))
             parts, channels = tuple(builtin_faces(s, size=size) for s in ("train", "val", "test")), 1
+        elif cfg["name"] == "glyphs":
+            from genfield.datasets.builtin import builtin_glyphs
+
+            size, n = int(option(cfg, "size", 32)), option(cfg, "n_signals", None)
+            counts = {"train": n, "val": None, "test": None}
+            parts, channels = tuple(builtin_glyphs(s, size, counts[s], seed) for s in counts), 1
         else:
             size, grey = int(option(cfg, "size", 64)), bool(cfg.get("grey", False))
             folder = ImageFolder(require_folder(cfg), size=size, grey=grey)
