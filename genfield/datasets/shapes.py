@@ -228,7 +228,7 @@ def winding_number(mesh: trimesh.Trimesh, points: torch.Tensor | np.ndarray) -> 
 
 def winding_number_exact(mesh: trimesh.Trimesh, points: torch.Tensor | np.ndarray) -> torch.Tensor:
     """The generalized winding number ``(P,)`` without the far-field approximation (libigl's exact,
-    hierarchical sum over every triangle's solid angle; several times slower than
+    hierarchical sum over every triangle's solid angle; slower than
     :func:`winding_number`)."""
     vertices, faces = _mesh_arrays(mesh)
     query = _query_points(points)
