@@ -191,7 +191,9 @@ def _mesh_arrays(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray]:
     if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
         raise InputError(f"mesh must have triangles (faces of shape (F, 3), F >= 1), got {faces.shape}")
     if faces.min() < 0 or faces.max() >= len(vertices):
-        raise InputError(f"mesh face indices must lie in [0, {len(vertices) - 1}]")
+        raise InputError(
+            f"mesh face indices must lie in [0, {len(vertices) - 1}], got {faces.min()} to {faces.max()}"
+        )
     return vertices, faces
 
 
@@ -215,9 +217,9 @@ def winding_number(mesh: trimesh.Trimesh, points: torch.Tensor | np.ndarray) -> 
 
     On a closed, outward-oriented mesh it is 1 inside and 0 outside. It needs no watertightness:
     on a mesh with holes or gaps it is a smooth harmonic function that stays close to 1 well inside
-    and close to 0 well outside, and passes through 1/2 across a hole, so thresholding it "closes"
-    the hole along a minimal-looking surface; nested or overlapping shells add up (2 where two
-    overlap). Triangles facing inwards flip its sign.
+    and close to 0 well outside, and passes through 1/2 across a hole, so the threshold 1/2 closes
+    the hole smoothly; nested or overlapping shells add up (2 where two overlap). Triangles facing
+    inwards flip its sign.
     """
     vertices, faces = _mesh_arrays(mesh)
     query = _query_points(points)
