@@ -17,13 +17,14 @@ from genfield.datasets.shapes import (
     MeshFolder,
     NonWatertightMeshWarning,
     ShapeSplit,
-    TriangleTree,
     UnreadableMeshWarning,
     inside,
     load_mesh,
     normalize_mesh,
     occupancy_grid,
     signed_distance,
+    unsigned_distance,
+    winding_number,
     winding_number_exact,
 )
 from genfield.errors import InputError
@@ -198,24 +199,76 @@ def test_sphere_samples_match_the_analytic_sdf(tmp_path):
     assert abs(uniform - fraction) < 4 * occupancy_std(fraction, signal.n_uniform)
 
 
-def test_tree_queries_match_brute_force_and_trimesh():
-    mesh = ProceduralShapes(1, seed=5, max_primitives=3).load_normalized(0)
-    gen = torch.Generator().manual_seed(0)
-    surface = torch.as_tensor(mesh.sample(300, seed=1), dtype=torch.float32)
-    points = torch.cat(
-        [torch.rand(300, 3, generator=gen) * 2 - 1, surface + 0.02 * torch.randn(300, 3, generator=gen)]
-    )
-    tree = TriangleTree(mesh, leaf_size=8)
-    fast = tree.winding_number(points)
-    exact = winding_number_exact(mesh, points)
-    assert (fast - exact).abs().max() < 0.1
-    assert (exact.min() > -0.01) and (exact.max() < 1.01)  # closed mesh: 0 or 1
-    torch.testing.assert_close(tree.winding_number(points, beta=1e6), exact, atol=1e-4, rtol=0)
+def solid_angle_winding_number(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
+    """Brute-force generalized winding number: the Van Oosterom-Strackee solid angle of every
+    triangle, summed (an independent reference for libigl's), 64 points at a time."""
 
-    _, reference, _ = trimesh.proximity.closest_point(mesh, points.numpy())
+    def dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return np.einsum("pfi,pfi->pf", u, v)
+
+    parts = []
+    for chunk in np.array_split(points, max(1, len(points) // 64)):
+        rel = np.asarray(mesh.triangles)[None] - chunk[:, None, None]  # (P, F, 3 corners, 3)
+        a, b, c = rel[:, :, 0], rel[:, :, 1], rel[:, :, 2]
+        la, lb, lc = (np.linalg.norm(v, axis=-1) for v in (a, b, c))
+        den = la * lb * lc + dot(a, b) * lc + dot(b, c) * la + dot(c, a) * lb
+        parts.append((2 * np.arctan2(dot(a, np.cross(b, c)), den)).sum(-1) / (4 * np.pi))
+    return np.concatenate(parts)
+
+
+def near_and_uniform_points(mesh: trimesh.Trimesh, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    surface = torch.as_tensor(mesh.sample(n, seed=seed), dtype=torch.float32)
+    return torch.cat(
+        [torch.rand(n, 3, generator=gen) * 2 - 1, surface + 0.02 * torch.randn(n, 3, generator=gen)]
+    )
+
+
+def test_queries_match_brute_force_and_trimesh():
+    mesh = ProceduralShapes(1, seed=5, max_primitives=3).load_normalized(0)
+    assert mesh.is_watertight
+    points = near_and_uniform_points(mesh, 300, seed=0)
+    reference = solid_angle_winding_number(mesh, points.numpy().astype(np.float64))
+    assert reference.min() > -1e-6 and reference.max() < 1 + 1e-6  # closed mesh: 0 or 1
+    np.testing.assert_allclose(winding_number_exact(mesh, points).numpy(), reference, atol=1e-5)
+    assert np.abs(winding_number(mesh, points).numpy() - reference).max() < 0.01
+
+    _, distance, _ = trimesh.proximity.closest_point(mesh, points.numpy())
     sdf = signed_distance(mesh, points)
-    np.testing.assert_allclose(sdf.abs().numpy(), reference, atol=1e-4)
+    assert sdf.dtype == torch.float32 and sdf.shape == (600,)
+    np.testing.assert_allclose(sdf.abs().numpy(), distance, atol=1e-5)
     np.testing.assert_array_equal((sdf < 0).numpy(), mesh.contains(points.numpy()))
+    np.testing.assert_array_equal(inside(mesh, points).numpy(), reference > 0.5)
+
+
+def test_winding_number_of_an_open_mesh_matches_brute_force():
+    box = trimesh.creation.box((1.8, 1.8, 1.8))
+    open_box = trimesh.Trimesh(
+        box.vertices, np.delete(box.faces, np.flatnonzero(box.face_normals[:, 2] > 0.5), 0)
+    )
+    assert not open_box.is_watertight
+    points = near_and_uniform_points(open_box, 200, seed=1)
+    reference = solid_angle_winding_number(open_box, points.numpy().astype(np.float64))
+    fractional = (reference > 0.05) & (reference < 0.95)
+    assert fractional.sum() > 20  # the hole makes the winding number fractional above the box
+    assert np.abs(winding_number(open_box, points).numpy() - reference).max() < 0.01
+    np.testing.assert_allclose(winding_number_exact(open_box, points).numpy(), reference, atol=1e-5)
+
+
+def test_queries_take_any_layout_and_reject_bad_input():
+    mesh = normalize_mesh(trimesh.creation.icosphere(3))
+    points = np.random.default_rng(0).uniform(-1, 1, (400, 6))[:, ::2]  # float64, not contiguous
+    expected = signed_distance(mesh, np.ascontiguousarray(points))
+    for variant in (points, torch.from_numpy(points.T.copy()).T, torch.from_numpy(points).float()):
+        torch.testing.assert_close(signed_distance(mesh, variant), expected, atol=1e-6, rtol=0)
+    assert inside(mesh, np.zeros((0, 3))).shape == (0,)
+    assert unsigned_distance(mesh, torch.zeros(0, 3)).shape == (0,)
+    with pytest.raises(InputError, match=r"shape \(P, 3\)"):
+        inside(mesh, np.zeros((4, 2)))
+    with pytest.raises(InputError, match="triangles"):
+        signed_distance(trimesh.Trimesh(mesh.vertices, np.zeros((0, 3), dtype=np.int64)), points)
+    with pytest.raises(InputError, match="face indices"):
+        inside(trimesh.Trimesh(mesh.vertices[:3], [[0, 1, 5]], process=False), points)
 
 
 def test_non_watertight_mesh_warns_and_is_labelled_away_from_the_hole(tmp_path):
