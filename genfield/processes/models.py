@@ -388,16 +388,10 @@ class NeuralProcess(Reconstructor):
 
     # -- checks -------------------------------------------------------------------------------
     def check_observations(self, obs: Observations, forward_map: ForwardMap, role: str) -> None:
-        """Raise :class:`InputError` for an empty set or point-map queries outside the domain."""
+        """Raise :class:`InputError` for an empty set or queries the forward map rejects."""
         if obs.num_signals == 0 or obs.num_observations == 0:
             raise InputError(f"{role} is empty: shape {tuple(obs.queries.shape)}")
-        if getattr(forward_map, "name", "") == "point":
-            worst = obs.queries.abs().amax()
-            if not bool(worst <= 1 + 1e-6):
-                raise InputError(
-                    f"{role} queries must lie in the field domain [-1, 1]^d; "
-                    f"found |coordinate| = {float(worst):.4g}"
-                )
+        forward_map.validate_queries(obs.queries, role)
 
     # -- training -----------------------------------------------------------------------------
     def loss(self, batch: SignalBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -538,9 +532,7 @@ class NeuralProcess(Reconstructor):
     ) -> Prediction:
         """Predictive mean and variance of observations at ``queries`` from the context alone."""
         self.check_observations(context, context_map, "context")
-        if getattr(query_map, "name", "") == "point":
-            probe = Observations(queries, queries[..., :1])
-            self.check_observations(probe, query_map, "query")
+        query_map.validate_queries(queries, "query")
         k = num_samples if self.latent is not None else 1
         z = self.latent_prior(context).sample((k,)) if self.latent is not None else None
         cond = self.condition(context, z, forward_map=context_map)
