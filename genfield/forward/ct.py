@@ -170,9 +170,11 @@ class ParallelBeamProjection(ForwardMap):
         filter_name: str | None = None,
         offsets: tuple[float, ...] = (0.0,),
     ) -> torch.Tensor:
-        """Per-view back-projection of measurements onto points: the adjoint of this map, unsummed.
+        """Per-view back-projection of measurements onto points: the continuous adjoint, unsummed.
 
-        The adjoint of the Radon transform is ``(P^T y)(x) = sum_a y_a(x . e_perp(theta_a))``
+        This reads the profiles at points (pixel-driven, as :func:`backproject`); the exact adjoint
+        of this map's discretisation on grid fields is :meth:`adjoint`. The adjoint of the Radon
+        transform is ``(P^T y)(x) = sum_a y_a(x . e_perp(theta_a))``
         (Kak & Slaney, eq. 3.45 without the filter): every projection smears its profile back along
         its rays. This returns the terms of that sum, view by view, optionally filtered first
         (``filter_name="ramp"``: ``(pi / A)`` times their sum is FBP at ``x``, :func:`fbp`) and read
@@ -200,24 +202,11 @@ class ParallelBeamProjection(ForwardMap):
         t = points[..., 1:2] * cos - points[..., 0:1] * sin  # (..., P, A)
         shift = torch.tensor(offsets, dtype=t.dtype, device=t.device)
         position = (t[..., None] + 1) * (n_detectors / 2) - 0.5 + shift  # (..., P, A, O)
-        valid = (position >= 0) & (position <= n_detectors - 1)
-        low = position.floor().clamp(0, max(n_detectors - 2, 0))
-        frac = position - low
-        low = low.long()
-        high = (low + 1).clamp(max=n_detectors - 1)
-        # gather per (channel, view): index (..., c, A, P * O) into the sinogram (..., c, A, D)
+        # read per (channel, view): positions (..., c, A, P * O) in the sinogram (..., c, A, D)
         n_points, n_off = position.shape[-3], position.shape[-1]
-        to_index = "... p a o -> ... a (p o)"
-        c = sinogram.shape[-3]
-
-        def read(index: torch.Tensor) -> torch.Tensor:
-            index = rearrange(index, to_index).unsqueeze(-3)
-            index = index.expand(*index.shape[:-3], c, *index.shape[-2:])
-            return sinogram.gather(-1, index)
-
-        frac = rearrange(frac, to_index).unsqueeze(-3)
-        valid = rearrange(valid, to_index).unsqueeze(-3)
-        sampled = (read(low) * (1 - frac) + read(high) * frac) * valid
+        position = rearrange(position, "... p a o -> ... a (p o)").unsqueeze(-3)
+        position = position.expand(*position.shape[:-3], sinogram.shape[-3], *position.shape[-2:])
+        sampled = read_profiles(sinogram, position)
         return rearrange(sampled, "... c a (p o) -> ... p a (o c)", p=n_points, o=n_off)
 
 
@@ -307,6 +296,21 @@ def filter_sinogram(sinogram: torch.Tensor, filter_name: str | None = "ramp") ->
     return torch.fft.ifft(spectrum, dim=-1).real[..., :n_det] / spacing
 
 
+def read_profiles(profiles: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Projections ``(..., D)`` read at continuous bin positions ``(..., M)`` (bin ``k`` at ``k``).
+
+    Linear between bin centres and 0 beyond the outer ones: the interpolation of every pixel-driven
+    back-projection here (:func:`backproject`, :meth:`ParallelBeamProjection.backproject_views`).
+    """
+    n_det = profiles.shape[-1]
+    valid = (position >= 0) & (position <= n_det - 1)
+    low = position.floor().clamp(0, max(n_det - 2, 0))
+    frac = position - low
+    low = low.long()
+    high = (low + 1).clamp(max=n_det - 1)
+    return (profiles.gather(-1, low) * (1 - frac) + profiles.gather(-1, high) * frac) * valid
+
+
 def backproject(
     projections: torch.Tensor, angles: torch.Tensor, output_size: int, circle: bool = True
 ) -> torch.Tensor:
@@ -321,16 +325,9 @@ def backproject(
     cos, sin = torch.cos(angles)[..., None], torch.sin(angles)[..., None]  # (..., A, 1)
     t = grid[:, 1] * cos - grid[:, 0] * sin  # (..., A, P)
     batch = torch.broadcast_shapes(projections.shape[:-1], t.shape[:-1])
-    t = t.expand(*batch, t.shape[-1])
-    position = (t + 1) * (n_det / 2) - 0.5
-    valid = (position >= 0) & (position <= n_det - 1)
-    low = position.floor().clamp(0, max(n_det - 2, 0))
-    frac = position - low
-    low = low.long()
-    high = (low + 1).clamp(max=n_det - 1)
-    q = projections.expand(*batch, n_det)
-    values = q.gather(-1, low) * (1 - frac) + q.gather(-1, high) * frac
-    image = (values * valid).sum(dim=-2) * (math.pi / n_angles)
+    position = (t.expand(*batch, t.shape[-1]) + 1) * (n_det / 2) - 0.5
+    values = read_profiles(projections.expand(*batch, n_det), position)
+    image = values.sum(dim=-2) * (math.pi / n_angles)
     if circle:
         image = image * (grid.square().sum(-1) <= 1.0)
     return rearrange(image, "... (h w) -> ... h w", h=output_size)
