@@ -61,19 +61,27 @@ def splat(points: torch.Tensor, values: torch.Tensor, shape: Sequence[int]) -> t
     lead = torch.broadcast_shapes(points.shape[:-2], values.shape[:-2])
     points = points.expand(*lead, *points.shape[-2:]).reshape(-1, *points.shape[-2:])
     values = values.expand(*lead, *values.shape[-2:]).reshape(-1, *values.shape[-2:])
-    sizes = torch.tensor(shape, device=points.device)
-    strides = torch.tensor([math.prod(shape[i + 1 :]) for i in range(len(shape))], device=points.device)
-    position = ((points + 1) * sizes - 1) / 2  # cell j's centre sits at position j
-    low = position.floor()
-    frac = position - low
-    low = low.long()
-    out = values.new_zeros(values.shape[0], math.prod(shape), values.shape[-1])
-    for corner in itertools.product((0, 1), repeat=len(shape)):
-        bits = torch.tensor(corner, device=points.device)
-        index = low + bits  # (B, M, d)
-        weight = torch.where(bits.bool(), frac, 1 - frac).prod(dim=-1, keepdim=True)
-        inside = ((index >= 0) & (index < sizes)).all(dim=-1, keepdim=True)
-        flat = (torch.minimum(index.clamp(min=0), sizes - 1) * strides).sum(-1, keepdim=True)
-        flat = flat.expand(-1, -1, values.shape[-1])
-        out = out.scatter_add(1, flat, values * weight * inside)
-    return out.reshape(*lead, *shape, values.shape[-1])
+    n_batch, n_cells, c = values.shape[0], math.prod(shape), values.shape[-1]
+    # per axis: the two neighbouring cells (clamped), their weights (0 outside the grid)
+    axes = []
+    for i, n in enumerate(shape):
+        position = ((points[..., i] + 1) * n - 1) / 2  # cell j's centre sits at position j
+        low = position.floor()
+        frac = position - low
+        low = low.long()
+        stride = math.prod(shape[i + 1 :])
+        options = []
+        for index, weight in ((low, 1 - frac), (low + 1, frac)):
+            weight = weight * ((index >= 0) & (index < n))
+            options.append((index.clamp(0, n - 1) * stride, weight))
+        axes.append(options)
+    flats, weights = [], []
+    for corner in itertools.product(*axes):  # the 2^d corners
+        flats.append(sum(index for index, _ in corner))
+        weights.append(math.prod(weight for _, weight in corner))
+    flat = torch.stack(flats, dim=-1)  # (B, M, 2^d)
+    weight = torch.stack(weights, dim=-1)
+    flat = flat + torch.arange(n_batch, device=flat.device)[:, None, None] * n_cells
+    spread = values[..., None, :] * weight[..., None]  # (B, M, 2^d, C)
+    out = values.new_zeros(n_batch * n_cells, c).index_add(0, flat.reshape(-1), spread.reshape(-1, c))
+    return out.reshape(*lead, *shape, c)

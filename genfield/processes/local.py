@@ -93,8 +93,7 @@ class BackProjectionFeatures(nn.Module):
             )
         r = self.resolution or d
         n_views = context.num_observations // d
-        raw = self.view_backprojections(forward_map, context, d, r, None)  # (S, P, A, O c)
-        ramp = self.view_backprojections(forward_map, context, d, r, "ramp")
+        raw, ramp = self.view_backprojections(forward_map, context, d, r)  # each (S, P, A, O c)
         angles = rearrange(context.queries[..., 0], "s (a d) -> s a d", d=d)[..., 0]
         theta = angle_features(angles, self.n_frequencies)[:, None].expand(-1, r * r, -1, -1)
         views = self.view_mlp(torch.cat([theta, raw, ramp], dim=-1)).mean(dim=-2)  # (S, P, width)
@@ -104,25 +103,26 @@ class BackProjectionFeatures(nn.Module):
         return rearrange(features, "s (h w) c -> s c h w", h=r)
 
     def view_backprojections(
-        self, forward_map: ForwardMap, context: Observations, d: int, r: int, filter_name: str | None
-    ) -> torch.Tensor:
-        """Per-view adjoints of the (filtered) profiles onto an ``r x r`` grid, at each detector shift.
+        self, forward_map: ForwardMap, context: Observations, d: int, r: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-view adjoints of the raw and ramp-filtered profiles on an ``r x r`` grid, per shift.
 
         A profile whose rays are moved by ``-o`` bins back-projects, at ``x``, its value at
         ``t_a(x) + o`` bins. The adjoint is ``h^2 / delta`` times the continuous back-projection
         (cell area over detector spacing), divided out so each term reads like the profile itself.
-        Returns ``(S, r * r, A, O * c)``, channels ordered (offset, channel).
+        Both profiles go through one adjoint call. Returns two ``(S, r * r, A, O * c)``, channels
+        ordered (offset, channel).
         """
         queries = rearrange(context.queries, "s (a d) q -> s a 1 d q", d=d)
         sinogram = rearrange(context.values, "s (a d) c -> s c a d", d=d)
-        if filter_name is not None:
-            sinogram = filter_sinogram(sinogram, filter_name)
-        values = rearrange(sinogram, "s c a d -> s a 1 d c").expand(-1, -1, len(self.offsets), -1, -1)
+        both = torch.cat([sinogram, filter_sinogram(sinogram, "ramp")], dim=1)  # (S, 2c, A, D)
+        values = rearrange(both, "s c a d -> s a 1 d c").expand(-1, -1, len(self.offsets), -1, -1)
         shift = torch.tensor(self.offsets, dtype=queries.dtype, device=queries.device) * (2.0 / d)
         step = torch.stack([torch.zeros_like(shift), -shift], dim=-1)  # (O, 2): (theta, t) moves
         shifted = queries + step[:, None, :]  # (S, A, O, D, 2)
-        grid = forward_map.adjoint(values, shifted, (r, r)) * (r * r / (2.0 * d))  # (S, A, O, r, r, c)
-        return rearrange(grid, "s a o h w c -> s (h w) a (o c)")
+        grid = forward_map.adjoint(values, shifted, (r, r)) * (r * r / (2.0 * d))  # (S, A, O, r, r, 2c)
+        raw, ramp = grid.chunk(2, dim=-1)
+        return tuple(rearrange(g, "s a o h w c -> s (h w) a (o c)") for g in (raw, ramp))
 
 
 #: The local-feature part of each batch kind (``local_features=True``).
