@@ -128,7 +128,7 @@ def test_adjoint_is_the_transpose_of_the_dense_matrix_of_the_map(case):
     torch.testing.assert_close((ax * y).sum(), (x[0] * adjoint).sum())
 
 
-def test_adjoint_runs_over_leading_dimensions():
+def test_adjoint_runs_over_leading_dimensions_and_under_vmap():
     forward_map = ParallelBeamProjection(n_samples=8)
     g = torch.Generator().manual_seed(2)
     queries = ct_queries(torch.rand(2, 3, 2, dtype=DTYPE, generator=g) * math.pi, 5)  # (2, 3, 10, 2)
@@ -136,6 +136,8 @@ def test_adjoint_runs_over_leading_dimensions():
     batched = forward_map.adjoint(values, queries, (4, 4))
     assert batched.shape == (2, 3, 4, 4, 2)
     torch.testing.assert_close(batched[1, 2], forward_map.adjoint(values[1, 2], queries[1, 2], (4, 4)))
+    mapped = torch.func.vmap(lambda y, q: forward_map.adjoint(y, q, (4, 4)))(values[0], queries[0])
+    torch.testing.assert_close(mapped, batched[0])
 
 
 def test_ct_adjoint_approximates_the_back_projection_scaled_by_cell_area_over_detector_spacing():
