@@ -32,15 +32,17 @@ pixel ``N // 2``, which for odd ``N`` is the domain centre, so there the two agr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 from genfield.errors import InputError
 from genfield.fields.coords import axis_coords, grid_coords
-from genfield.forward.base import FieldFn
+from genfield.forward.base import FieldFn, ForwardMap, PairedFieldFn, check_query_width
+from genfield.forward.grid import grid_field, splat
 
 SUPPORTS = ("disc", "square")
 FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann", None)
@@ -88,18 +90,26 @@ def ray_points(
 
 
 @dataclass
-class ParallelBeamProjection:
+class ParallelBeamProjection(ForwardMap):
     """Parallel-beam CT forward map: ``y(theta, t) = integral f(t e_perp + s e_dir) ds``.
 
     Queries are ``(..., N, 2)`` pairs ``(theta, t)``; the result is ``(..., N, c)``. The field is
     called once on all ``N * n_samples`` points ``(..., N * n_samples, 2)``, so a batched field
     (leading signal dimension) evaluates a whole meta-batch in one call. Pure tensor code without
     host syncs or data-dependent branches: it runs under ``torch.func.vmap`` and ``grad``.
+
+    The map is linear with fixed weights ``w_nk = (2 L / K) * mask_nk`` (:func:`ray_points`), so a
+    carried quantity goes through ``sum_k w_nk^power e(x_nk)``: with ``power=2`` and independent
+    errors at the quadrature points, ``Var y_n = sum_k w_nk^2 v(x_nk)``. The exact adjoint of the
+    map on grid fields (:meth:`adjoint`) is the ray-driven back-projection: each ray's value is
+    scattered onto the cells around its quadrature points.
     """
 
     name: str = "ct"
     n_samples: int = 128
     support: str = "disc"
+    linear: ClassVar[bool] = True
+    measurement: ClassVar[str] = "line integral"
 
     def __post_init__(self) -> None:
         if int(self.n_samples) < 1:
@@ -113,6 +123,44 @@ class ParallelBeamProjection:
         values = rearrange(values, "... (n k) c -> ... n k c", k=self.n_samples)
         return (values * mask).sum(dim=-2) * weight
 
+    def validate_queries(self, queries: torch.Tensor, role: str = "the") -> None:
+        check_query_width(self, queries, 2, "pairs (theta, t)", role)
+
+    def observe_carrying(
+        self, paired_fn: PairedFieldFn, queries: torch.Tensor, power: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        points, mask, weight = ray_points(queries, self.n_samples, self.support)
+        values, carried = paired_fn(rearrange(points, "... n k d -> ... (n k) d"))
+        values, carried = (
+            rearrange(v, "... (n k) c -> ... n k c", k=self.n_samples) for v in (values, carried)
+        )
+        return (values * mask).sum(dim=-2) * weight, (carried * mask).sum(dim=-2) * weight**power
+
+    def propagate_variance(
+        self, field_fn: FieldFn, variance_fn: FieldFn, queries: torch.Tensor
+    ) -> torch.Tensor:
+        """``sum_k w_nk^2 v(x_nk)``: the variance under independent errors at the quadrature points.
+
+        The weights do not depend on the field, so ``field_fn`` is not evaluated.
+        """
+        points, mask, weight = ray_points(queries, self.n_samples, self.support)
+        variance = variance_fn(rearrange(points, "... n k d -> ... (n k) d"))
+        variance = rearrange(variance, "... (n k) c -> ... n k c", k=self.n_samples)
+        return (variance * mask).sum(dim=-2) * weight**2
+
+    def adjoint(self, values: torch.Tensor, queries: torch.Tensor, grid_shape: Sequence[int]) -> torch.Tensor:
+        """``A^T y`` onto a grid ``(..., *grid_shape, c)``: the ray-driven back-projection.
+
+        Every ray spreads ``w_nk y_n`` over the cells around each of its quadrature points with the
+        weights of :func:`~genfield.forward.grid.grid_field`. Up to the discretisation this is
+        ``(h^2 / delta) (P^T y)(x)`` with ``P^T`` the continuous back-projection ``sum_a y_a(t_a(x))``
+        (Kak & Slaney, eq. 3.45), ``h^2`` the cell area and ``delta`` the detector spacing.
+        """
+        points, mask, weight = ray_points(queries, self.n_samples, self.support)
+        spread = values[..., None, :] * mask * weight  # (..., N, K, c)
+        flat = "... n k c -> ... (n k) c"
+        return splat(rearrange(points, flat), rearrange(spread, flat), grid_shape)
+
     def backproject_views(
         self,
         queries: torch.Tensor,
@@ -122,9 +170,11 @@ class ParallelBeamProjection:
         filter_name: str | None = None,
         offsets: tuple[float, ...] = (0.0,),
     ) -> torch.Tensor:
-        """Per-view back-projection of measurements onto points: the adjoint of this map, unsummed.
+        """Per-view back-projection of measurements onto points: the continuous adjoint, unsummed.
 
-        The adjoint of the Radon transform is ``(P^T y)(x) = sum_a y_a(x . e_perp(theta_a))``
+        This reads the profiles at points (pixel-driven, as :func:`backproject`); the exact adjoint
+        of this map's discretisation on grid fields is :meth:`adjoint`. The adjoint of the Radon
+        transform is ``(P^T y)(x) = sum_a y_a(x . e_perp(theta_a))``
         (Kak & Slaney, eq. 3.45 without the filter): every projection smears its profile back along
         its rays. This returns the terms of that sum, view by view, optionally filtered first
         (``filter_name="ramp"``: ``(pi / A)`` times their sum is FBP at ``x``, :func:`fbp`) and read
@@ -152,24 +202,11 @@ class ParallelBeamProjection:
         t = points[..., 1:2] * cos - points[..., 0:1] * sin  # (..., P, A)
         shift = torch.tensor(offsets, dtype=t.dtype, device=t.device)
         position = (t[..., None] + 1) * (n_detectors / 2) - 0.5 + shift  # (..., P, A, O)
-        valid = (position >= 0) & (position <= n_detectors - 1)
-        low = position.floor().clamp(0, max(n_detectors - 2, 0))
-        frac = position - low
-        low = low.long()
-        high = (low + 1).clamp(max=n_detectors - 1)
-        # gather per (channel, view): index (..., c, A, P * O) into the sinogram (..., c, A, D)
+        # read per (channel, view): positions (..., c, A, P * O) in the sinogram (..., c, A, D)
         n_points, n_off = position.shape[-3], position.shape[-1]
-        to_index = "... p a o -> ... a (p o)"
-        c = sinogram.shape[-3]
-
-        def read(index: torch.Tensor) -> torch.Tensor:
-            index = rearrange(index, to_index).unsqueeze(-3)
-            index = index.expand(*index.shape[:-3], c, *index.shape[-2:])
-            return sinogram.gather(-1, index)
-
-        frac = rearrange(frac, to_index).unsqueeze(-3)
-        valid = rearrange(valid, to_index).unsqueeze(-3)
-        sampled = (read(low) * (1 - frac) + read(high) * frac) * valid
+        position = rearrange(position, "... p a o -> ... a (p o)").unsqueeze(-3)
+        position = position.expand(*position.shape[:-3], sinogram.shape[-3], *position.shape[-2:])
+        sampled = read_profiles(sinogram, position)
         return rearrange(sampled, "... c a (p o) -> ... p a (o c)", p=n_points, o=n_off)
 
 
@@ -180,14 +217,7 @@ def image_field(images: torch.Tensor) -> FieldFn:
     centres follow :mod:`genfield.fields.coords` (``grid_sample`` with ``align_corners=False``);
     outside the image the interpolant fades to 0 over half a pixel.
     """
-    planes = rearrange(images, "s h w c -> s c h w")
-
-    def field_fn(points: torch.Tensor) -> torch.Tensor:
-        grid = rearrange(points.flip(-1).reshape(points.shape[0], -1, 2), "s m d -> s 1 m d")
-        out = F.grid_sample(planes, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return rearrange(out, "s c 1 m -> s m c").reshape(*points.shape[:-1], planes.shape[1])
-
-    return field_fn
+    return grid_field(images)
 
 
 def project_image(
@@ -266,6 +296,21 @@ def filter_sinogram(sinogram: torch.Tensor, filter_name: str | None = "ramp") ->
     return torch.fft.ifft(spectrum, dim=-1).real[..., :n_det] / spacing
 
 
+def read_profiles(profiles: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Projections ``(..., D)`` read at continuous bin positions ``(..., M)`` (bin ``k`` at ``k``).
+
+    Linear between bin centres and 0 beyond the outer ones: the interpolation of every pixel-driven
+    back-projection here (:func:`backproject`, :meth:`ParallelBeamProjection.backproject_views`).
+    """
+    n_det = profiles.shape[-1]
+    valid = (position >= 0) & (position <= n_det - 1)
+    low = position.floor().clamp(0, max(n_det - 2, 0))
+    frac = position - low
+    low = low.long()
+    high = (low + 1).clamp(max=n_det - 1)
+    return (profiles.gather(-1, low) * (1 - frac) + profiles.gather(-1, high) * frac) * valid
+
+
 def backproject(
     projections: torch.Tensor, angles: torch.Tensor, output_size: int, circle: bool = True
 ) -> torch.Tensor:
@@ -280,16 +325,9 @@ def backproject(
     cos, sin = torch.cos(angles)[..., None], torch.sin(angles)[..., None]  # (..., A, 1)
     t = grid[:, 1] * cos - grid[:, 0] * sin  # (..., A, P)
     batch = torch.broadcast_shapes(projections.shape[:-1], t.shape[:-1])
-    t = t.expand(*batch, t.shape[-1])
-    position = (t + 1) * (n_det / 2) - 0.5
-    valid = (position >= 0) & (position <= n_det - 1)
-    low = position.floor().clamp(0, max(n_det - 2, 0))
-    frac = position - low
-    low = low.long()
-    high = (low + 1).clamp(max=n_det - 1)
-    q = projections.expand(*batch, n_det)
-    values = q.gather(-1, low) * (1 - frac) + q.gather(-1, high) * frac
-    image = (values * valid).sum(dim=-2) * (math.pi / n_angles)
+    position = (t.expand(*batch, t.shape[-1]) + 1) * (n_det / 2) - 0.5
+    values = read_profiles(projections.expand(*batch, n_det), position)
+    image = values.sum(dim=-2) * (math.pi / n_angles)
     if circle:
         image = image * (grid.square().sum(-1) <= 1.0)
     return rearrange(image, "... (h w) -> ... h w", h=output_size)

@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from einops import rearrange
 
-from genfield.forward.base import FieldFn
+from genfield.errors import InputError
+from genfield.forward.base import FieldFn, ForwardMap, PairedFieldFn, check_query_width
 
 #: Distance from the centre to a corner of the world cube [-1, 1]^3.
 CUBE_RADIUS = math.sqrt(3.0)
@@ -154,7 +156,7 @@ def sample_pdf(edges: torch.Tensor, weights: torch.Tensor, n: int, stratified: b
 
 
 @dataclass
-class VolumeRenderer:
+class VolumeRenderer(ForwardMap):
     """Emission-absorption volume rendering along camera rays (the ``"volume"`` forward map).
 
     ``field_fn`` maps world points ``(..., M, 3)`` in ``[-1, 1]^3`` to ``(..., M, 4)`` =
@@ -180,14 +182,41 @@ class VolumeRenderer:
     stratified: bool = True
     white_background: bool = True
     name: str = "volume"
+    linear: ClassVar[bool] = False
+    measurement: ClassVar[str] = "radiance"
 
     def deterministic(self) -> VolumeRenderer:
         """The same renderer with midpoint samples (for evaluation and figures)."""
         return replace(self, stratified=False)
 
+    def out_channels(self, field_channels: int) -> int:
+        """3: a ``(density, r, g, b)`` field renders to RGB (channels past the fourth are not read)."""
+        if field_channels < 4:
+            raise InputError(
+                f"volume forward map needs (density, r, g, b) field channels, got {field_channels} channels"
+            )
+        return 3
+
+    def validate_queries(self, queries: torch.Tensor, role: str = "the") -> None:
+        check_query_width(self, queries, 8, "rays (origin, direction, near, far)", role)
+
     def __call__(self, field_fn: FieldFn, queries: torch.Tensor) -> torch.Tensor:
         """Rendered colours ``(..., N, 3)`` of the rays ``queries`` ``(..., N, 8)``."""
         return self.render(field_fn, queries)["rgb"]
+
+    def observe_carrying(
+        self, paired_fn: PairedFieldFn, queries: torch.Tensor, power: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Colours and ``sum_k w_k^power e(x_k)`` with the rendering weights of the same samples.
+
+        The carried quantity sees the same stratified jitter and hierarchical samples as the colour
+        and no background term. With ``power=2`` and a pointwise colour variance this is the
+        variance of the colour when the weights ``w_k = T_k alpha_k`` are held fixed, i.e. the
+        density is taken as known and the colour errors of the samples as independent: a
+        linearisation in the colour only (:meth:`~genfield.forward.base.ForwardMap.propagate_variance`).
+        """
+        out = self._render(paired_fn, queries, power)
+        return out["rgb"], out["carried"]
 
     def render(self, field_fn: FieldFn, queries: torch.Tensor) -> dict[str, torch.Tensor]:
         """Render rays and return everything figures need.
@@ -197,16 +226,24 @@ class VolumeRenderer:
         nothing is hit), ``opacity`` ``(..., N)`` (``sum w``), ``weights`` ``(..., N, K)`` and the
         sample positions ``t`` ``(..., N, K)``.
         """
+        out = self._render(lambda points: (field_fn(points), None), queries)
+        del out["carried"]
+        return out
+
+    def _render(
+        self, paired_fn: PairedFieldFn, queries: torch.Tensor, power: int = 1
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`render` of a paired field (``carried`` is ``None`` when its second part is)."""
         origins, directions = queries[..., 0:3], queries[..., 3:6]
         near, far = queries[..., 6:7], queries[..., 7:8]
         steps = torch.linspace(0, 1, self.n_samples + 1, dtype=queries.dtype, device=queries.device)
         edges = near + (far - near) * steps  # (..., N, K + 1)
         if self.n_importance > 0:
             with torch.no_grad():
-                coarse = self._composite(field_fn, origins, directions, edges)
+                coarse = self._composite(paired_fn, origins, directions, edges, power)
                 extra = sample_pdf(edges, coarse["weights"], self.n_importance, self.stratified)
             edges = torch.sort(torch.cat([edges, extra.detach()], dim=-1), dim=-1).values
-        out = self._composite(field_fn, origins, directions, edges)
+        out = self._composite(paired_fn, origins, directions, edges, power)
         background = 1.0 if self.white_background else 0.0
         out["rgb"] = out["rgb"] + (1 - out["opacity"][..., None]) * background
         far1 = far[..., 0]
@@ -215,12 +252,14 @@ class VolumeRenderer:
 
     def _composite(
         self,
-        field_fn: FieldFn,
+        paired_fn: PairedFieldFn,
         origins: torch.Tensor,
         directions: torch.Tensor,
         edges: torch.Tensor,
+        power: int,
     ) -> dict[str, torch.Tensor]:
-        """Alpha-composite the field over the intervals ``edges`` (no background)."""
+        """Alpha-composite the field over the intervals ``edges`` (no background), and the carried
+        quantity with the weights to the ``power``."""
         lower, upper = edges[..., :-1], edges[..., 1:]
         if self.stratified:
             t = lower + (upper - lower) * torch.rand_like(lower)
@@ -228,7 +267,7 @@ class VolumeRenderer:
             t = 0.5 * (lower + upper)
         points = origins[..., None, :] + t[..., None] * directions[..., None, :]  # (..., N, K, 3)
         n_rays = points.shape[-3]
-        values = field_fn(rearrange(points, "... n k d -> ... (n k) d"))
+        values, carried = paired_fn(rearrange(points, "... n k d -> ... (n k) d"))
         values = rearrange(values, "... (n k) c -> ... n k c", n=n_rays)
         sigma, colour = values[..., 0], values[..., 1:4]
         delta = (upper - lower) * directions.norm(dim=-1, keepdim=True)
@@ -239,10 +278,14 @@ class VolumeRenderer:
         before = torch.cat([torch.zeros_like(accumulated[..., :1]), accumulated[..., :-1]], dim=-1)
         transmittance = torch.exp(-before)
         weights = transmittance * alpha
+        if carried is not None:
+            carried = rearrange(carried, "... (n k) c -> ... n k c", n=n_rays)
+            carried = (weights[..., None] ** power * carried).sum(dim=-2)
         return {
             "rgb": (weights[..., None] * colour).sum(dim=-2),
             "depth": (weights * t).sum(dim=-1),
             "opacity": weights.sum(dim=-1),
             "weights": weights,
             "t": t,
+            "carried": carried,
         }

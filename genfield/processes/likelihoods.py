@@ -11,9 +11,10 @@ the measurements live (the PONP idea, Gu et al. 2023):
   and it keeps the observation scale in the units of the projection;
 * volume rendering: the std is composited like a colour, ``s0 + sum_i w_i sigma_i``, with the same
   weights ``w_i = T_i alpha_i`` as the colour and no background term (the background is known).
-  The renderer's ``render`` is run once; the field's scale channels evaluated in its (last, graded)
-  pass are kept aside and composited with the returned weights, so colour and scale use identical
-  samples (stratified jitter and hierarchical samples included).
+
+All three are one call, :meth:`~genfield.forward.base.ForwardMap.observe_carrying` with ``power=1``:
+the map observes the signal channels and carries the scale channels through the same samples
+(stratified jitter and hierarchical samples included), ``sum_k w_nk sigma(x_nk)``.
 
 ``s0`` (``min_std``) is a floor in observation space that keeps the likelihood finite where a ray
 sees little of the field. Occupancy uses a Bernoulli likelihood on the logit instead (no scale).
@@ -22,17 +23,15 @@ sees little of the field. Occupancy uses a Bernoulli likelihood on the logit ins
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
-FieldFn = Callable[[torch.Tensor], torch.Tensor]
+from genfield.forward.base import FieldFn, ForwardMap
 
 
 def observe(
-    forward_map, field_fn: FieldFn, queries: torch.Tensor, n_obs: int, gaussian: bool
+    forward_map: ForwardMap, field_fn: FieldFn, queries: torch.Tensor, n_obs: int, gaussian: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Observations of a decoded field: ``(mean, std)``, each ``(..., N, n_obs)``.
 
@@ -43,20 +42,12 @@ def observe(
     """
     if not gaussian:
         return forward_map(field_fn, queries), None
-    if getattr(forward_map, "name", "") != "volume":
-        out = forward_map(field_fn, queries)
-        return out[..., :n_obs], out[..., n_obs:]
 
-    kept: list[torch.Tensor] = []
-
-    def colour_fn(points: torch.Tensor) -> torch.Tensor:
+    def signal_and_scale(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = field_fn(points)
-        kept.append(out[..., -n_obs:])
-        return out[..., :-n_obs]
+        return out[..., :-n_obs], out[..., -n_obs:]
 
-    rendered = forward_map.render(colour_fn, queries)
-    scale = rearrange(kept[-1], "... (n k) c -> ... n k c", n=queries.shape[-2])
-    return rendered["rgb"], (rendered["weights"][..., None] * scale).sum(dim=-2)
+    return forward_map.observe_carrying(signal_and_scale, queries, power=1)
 
 
 def gaussian_log_prob(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,9 @@ field's domain, and evaluated at a point ``x`` it gives the evidence the measure
 (:func:`sample_grid`) and is modulated by it per point (:mod:`genfield.processes.models`).
 
 * :class:`BackProjectionFeatures` (CT): for every view ``a`` and grid point ``x``, the view's raw
-  and ramp-filtered profiles read at the detector bins around ``t_a(x) = x . e_perp(theta_a)``
-  (:meth:`~genfield.forward.ct.ParallelBeamProjection.backproject_views`) and Fourier features of
+  and ramp-filtered profiles back-projected through the forward map's adjoint
+  (:meth:`~genfield.forward.base.ForwardMap.adjoint`) with the detector shifted by a few bins (so
+  each point reads the bins around ``t_a(x) = x . e_perp(theta_a)``), and Fourier features of
   ``theta_a`` go through an MLP; the mean over views (order invariant, any number of views) and
   FBP itself, ``(pi / A) sum_a q_a(t_a(x))``, go through a second MLP. With a linear first MLP this
   contains FBP; the nonlinearity lets the process learn which evidence to trust at few views.
@@ -25,13 +26,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from genfield.datasets.batch import Observations
 from genfield.errors import InputError
-from genfield.fields.coords import grid_coords
+from genfield.forward.base import ForwardMap
+from genfield.forward.ct import filter_sinogram
+from genfield.forward.grid import grid_field
 from genfield.processes.encoders import MLP
 from genfield.processes.tokenizers import angle_features, count_leading_equal
 
@@ -40,11 +42,10 @@ def sample_grid(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Bilinear reads of feature grids ``(B, C, R, R)`` at points ``(B, ..., 2)`` -> ``(B, ..., C)``.
 
     Points are (row, column) in [-1, 1]^2 with pixel centres as in :mod:`genfield.fields.coords`
-    (``align_corners=False``); beyond the outer centres the features fade to 0 over half a cell.
+    (:func:`~genfield.forward.grid.grid_field`); beyond the outer centres the features fade to 0 over
+    half a cell.
     """
-    flat = rearrange(points.flip(-1), "b ... d -> b 1 (...) d")
-    out = F.grid_sample(grid, flat, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return rearrange(out, "b c 1 m -> b m c").reshape(*points.shape[:-1], grid.shape[1])
+    return grid_field(rearrange(grid, "b c h w -> b h w c"))(points)
 
 
 class BackProjectionFeatures(nn.Module):
@@ -77,12 +78,12 @@ class BackProjectionFeatures(nn.Module):
         self.centre = window * value_dim  # index of offset 0 in the (offset, channel) layout
         self.value_dim = value_dim
 
-    def forward(self, context: Observations, forward_map) -> torch.Tensor:
+    def forward(self, context: Observations, forward_map: ForwardMap) -> torch.Tensor:
         """Feature grids ``(S, width, R, R)`` from a CT context (angle-major)."""
-        if not hasattr(forward_map, "backproject_views"):
+        if not forward_map.linear:
             raise InputError(
-                f"local features for CT need a forward map with backproject_views, got "
-                f"{type(forward_map).__name__}"
+                f"local features go through the adjoint of the forward map; the {forward_map.name} "
+                f"forward map is not linear"
             )
         d = self.n_detectors or count_leading_equal(context.queries[0, :, 0])
         if context.num_observations % d:
@@ -91,11 +92,8 @@ class BackProjectionFeatures(nn.Module):
                 f"projections of {d} detectors"
             )
         r = self.resolution or d
-        s, n_views = context.num_signals, context.num_observations // d
-        points = grid_coords((r, r), context.queries.device, context.queries.dtype).expand(s, -1, -1)
-        args = (context.queries, context.values, points, d)
-        raw = forward_map.backproject_views(*args, None, self.offsets)  # (S, P, A, O c)
-        ramp = forward_map.backproject_views(*args, "ramp", self.offsets)
+        n_views = context.num_observations // d
+        raw, ramp = self.view_backprojections(forward_map, context, d, r)  # each (S, P, A, O c)
         angles = rearrange(context.queries[..., 0], "s (a d) -> s a d", d=d)[..., 0]
         theta = angle_features(angles, self.n_frequencies)[:, None].expand(-1, r * r, -1, -1)
         views = self.view_mlp(torch.cat([theta, raw, ramp], dim=-1)).mean(dim=-2)  # (S, P, width)
@@ -103,6 +101,28 @@ class BackProjectionFeatures(nn.Module):
         fbp = ramp[..., self.centre : self.centre + c].sum(dim=-2) * (math.pi / n_views)
         features = self.pool_mlp(torch.cat([views, fbp], dim=-1))
         return rearrange(features, "s (h w) c -> s c h w", h=r)
+
+    def view_backprojections(
+        self, forward_map: ForwardMap, context: Observations, d: int, r: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-view adjoints of the raw and ramp-filtered profiles on an ``r x r`` grid, per shift.
+
+        A profile whose rays are moved by ``-o`` bins back-projects, at ``x``, its value at
+        ``t_a(x) + o`` bins. The adjoint is ``h^2 / delta`` times the continuous back-projection
+        (cell area over detector spacing), divided out so each term reads like the profile itself.
+        Both profiles go through one adjoint call. Returns two ``(S, r * r, A, O * c)``, channels
+        ordered (offset, channel).
+        """
+        queries = rearrange(context.queries, "s (a d) q -> s a 1 d q", d=d)
+        sinogram = rearrange(context.values, "s (a d) c -> s c a d", d=d)
+        both = torch.cat([sinogram, filter_sinogram(sinogram, "ramp")], dim=1)  # (S, 2c, A, D)
+        values = rearrange(both, "s c a d -> s a 1 d c").expand(-1, -1, len(self.offsets), -1, -1)
+        shift = torch.tensor(self.offsets, dtype=queries.dtype, device=queries.device) * (2.0 / d)
+        step = torch.stack([torch.zeros_like(shift), -shift], dim=-1)  # (O, 2): (theta, t) moves
+        shifted = queries + step[:, None, :]  # (S, A, O, D, 2)
+        grid = forward_map.adjoint(values, shifted, (r, r)) * (r * r / (2.0 * d))  # (S, A, O, r, r, 2c)
+        raw, ramp = grid.chunk(2, dim=-1)
+        return tuple(rearrange(g, "s a o h w c -> s (h w) a (o c)") for g in (raw, ramp))
 
 
 #: The local-feature part of each batch kind (``local_features=True``).

@@ -391,21 +391,14 @@ class NeuralProcess(Reconstructor):
 
     # -- checks -------------------------------------------------------------------------------
     def check_queries(self, queries: torch.Tensor, query_map: ForwardMap) -> None:
-        """Point queries must lie in the field's domain (see :meth:`check_observations`)."""
-        if getattr(query_map, "name", "") == "point":
-            self.check_observations(Observations(queries, queries[..., :1]), query_map, "query")
+        """Queries the query map rejects (e.g. points outside the field's domain) raise InputError."""
+        query_map.validate_queries(queries, "query")
 
     def check_observations(self, obs: Observations, forward_map: ForwardMap, role: str) -> None:
-        """Raise :class:`InputError` for an empty set or point-map queries outside the domain."""
+        """Raise :class:`InputError` for an empty set or queries the forward map rejects."""
         if obs.num_signals == 0 or obs.num_observations == 0:
             raise InputError(f"{role} is empty: shape {tuple(obs.queries.shape)}")
-        if getattr(forward_map, "name", "") == "point":
-            worst = obs.queries.abs().amax()
-            if not bool(worst <= 1 + 1e-6):
-                raise InputError(
-                    f"{role} queries must lie in the field domain [-1, 1]^d; "
-                    f"found |coordinate| = {float(worst):.4g}"
-                )
+        forward_map.validate_queries(obs.queries, role)
 
     # -- training -----------------------------------------------------------------------------
     def loss(self, batch: SignalBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -108,9 +108,7 @@ def as_ray_renderer(
         if renderer is None:
             raise InputError("turntable: give a field_fn, a renderer, or both")
         return renderer
-    renderer = renderer if renderer is not None else VolumeRenderer()
-    if hasattr(renderer, "deterministic"):
-        renderer = renderer.deterministic()
+    renderer = (renderer if renderer is not None else VolumeRenderer()).deterministic()
     return lambda rays: renderer(field_fn, rays)
 
 
