@@ -242,9 +242,41 @@ def results_markdown(rows: Sequence[Row]) -> str:
                 + " |"
             )
         lines.append("")
+    lines += [verdict(rows), ""]
     lines.append(
         "Time and memory are those of the reconstruction at each method's largest budget (last "
         "column of its row). Peak memory: torch.cuda.max_memory_allocated on CUDA; on the CPU, the "
         "peak bytes autograd saved for backward (0 for a pure forward pass)."
     )
     return "\n".join(lines) + "\n"
+
+
+#: The routes whose rows learn from the collection, and those that are references.
+LEARNED_ROUTES = ("meta", "process")
+
+
+def _best(rows: Sequence[Row]) -> Row | None:
+    finite = [r for r in rows if math.isfinite(r.value)]
+    return max(finite, key=lambda r: r.value) if finite else None
+
+
+def verdict(rows: Sequence[Row]) -> str:
+    """One sentence per dataset: the best learned row against the best reference (a classical
+    baseline or random-init fitting), and by how much the winner won (higher is better)."""
+    sentences = []
+    for data in dict.fromkeys(r.data for r in rows):
+        mine = [r for r in rows if r.data == data]
+        learned = _best([r for r in mine if r.route in LEARNED_ROUTES])
+        reference = _best([r for r in mine if r.route not in LEARNED_ROUTES])
+        if learned is None or reference is None:
+            continue
+        unit = " dB" if learned.metric == "psnr" else ""
+        gap = learned.value - reference.value
+        winner = "the learned method wins" if gap > 0 else "the reference wins"
+        sentences.append(
+            f"{data}: best learned {learned.method} ({learned.setting}) {learned.value:.2f}{unit} "
+            f"against best reference {reference.method} ({reference.setting}) {reference.value:.2f}{unit}: "
+            f"{winner} by {abs(gap):.2f}{unit} {learned.metric.upper()}."
+        )
+    return "\n".join(sentences)
+

@@ -1,0 +1,31 @@
+"""The comparison's verdict: the best learned row against the best reference, per dataset."""
+
+from genfield.comparison import Row, results_markdown, verdict
+
+
+def _row(data, method, route, setting, value, metric="psnr"):
+    return Row(data, "image", method, route, setting, 0, metric, value, 0.0, 0.0, 0.0)
+
+
+def test_verdict_names_the_winner_and_the_margin():
+    rows = [
+        _row("faces", "biharmonic", "classical", "biharmonic", 20.61),
+        _row("faces", "maml", "meta", "10 steps", 19.5),
+        _row("faces", "maml", "meta", "5 steps", 21.0),
+        _row("faces", "random_init", "baseline", "fit 100", 20.0),
+        _row("ct", "sart-5", "classical", "sart-5", 21.6),
+        _row("ct", "ponp", "process", "TTO 10", 23.1),
+        _row("shapes", "rbf", "classical", "rbf", 0.54, "iou"),
+        _row("shapes", "ponp", "process", "one pass", float("nan"), "iou"),
+    ]
+    lines = verdict(rows).splitlines()
+    assert lines[0] == (
+        "faces: best learned maml (5 steps) 21.00 dB against best reference biharmonic (biharmonic) "
+        "20.61 dB: the learned method wins by 0.39 dB PSNR."
+    )
+    assert lines[1].startswith("ct: best learned ponp (TTO 10) 23.10 dB against best reference sart-5")
+    assert lines[1].endswith("the learned method wins by 1.50 dB PSNR.")
+    assert len(lines) == 2  # no finite learned row on shapes: no sentence
+    rows[2] = _row("faces", "maml", "meta", "5 steps", 18.0)
+    assert "maml (10 steps) 19.50 dB" in verdict(rows) and "the reference wins by 1.11 dB" in verdict(rows)
+    assert verdict(rows).splitlines()[0] in results_markdown(rows)
