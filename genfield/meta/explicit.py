@@ -19,34 +19,61 @@ MAML, at ``phi_K`` held fixed for FOMAML and Reptile.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from genfield.datasets.batch import Observations, SignalBatch
-from genfield.errors import InputError
+from genfield.errors import InputError, unknown_name
 from genfield.forward import ForwardMap
 from genfield.meta.inner import inner_loop
 from genfield.meta.learner import AdaptedState, MetaLearner, _module_key
 from genfield.meta.likelihood import mse
 from genfield.meta.tree import Tree, expand_signals, leaves
 
+INNER_LR_SHAPES = ("parameter", "layer")
+
 
 class InitLearner(MetaLearner):
-    """A learner whose meta-parameters include an initialisation ``init/...`` of the adapted keys."""
+    """A learner whose meta-parameters include an initialisation ``init/...`` of the adapted keys.
 
-    def __init__(self, field, *, meta_sgd: bool = False, **options) -> None:
+    ``meta_sgd=True`` learns the inner rates too (Meta-SGD, Li et al. 2017), one per parameter entry
+    (``inner_lr_per="parameter"``) or one per parameter tensor (``"layer"``: the per-layer rates of
+    MAML++, Antoniou et al. 2019). With ``inner_lr_max`` the learned rate is bounded,
+    ``alpha = inner_lr_max * sigmoid(rho)`` with ``rho`` the meta-parameter, started at
+    ``alpha = inner_lr``: the outer loop can lower a rate as the curvature at the initialisation grows
+    (an SGD step diverges along a direction of curvature ``lambda`` once ``alpha lambda > 2``) but
+    never raise it past the bound.
+    """
+
+    def __init__(
+        self,
+        field,
+        *,
+        meta_sgd: bool = False,
+        inner_lr_per: str = "parameter",
+        inner_lr_max: float | None = None,
+        **options,
+    ) -> None:
         super().__init__(field, **options)
-        self.init = nn.ParameterDict(
-            {_module_key(k): nn.Parameter(v) for k, v in self._initial.items()}
+        if inner_lr_per not in INNER_LR_SHAPES:
+            raise unknown_name("inner_lr_per", inner_lr_per, INNER_LR_SHAPES)
+        if inner_lr_max is not None and not inner_lr_max > self.inner_lr:
+            raise InputError(f"inner_lr_max={inner_lr_max}: need a bound above inner_lr={self.inner_lr}")
+        self.init = nn.ParameterDict({_module_key(k): nn.Parameter(v) for k, v in self._initial.items()})
+        self.meta_sgd, self.inner_lr_max = meta_sgd, inner_lr_max
+        start = (
+            self.inner_lr
+            if inner_lr_max is None
+            else math.log(self.inner_lr / (inner_lr_max - self.inner_lr))
         )
-        self.meta_sgd = meta_sgd
+
+        def rate(v: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(v, start) if inner_lr_per == "parameter" else v.new_full((), start)
+
         self.inner_lrs = nn.ParameterDict(
-            {
-                _module_key(k): nn.Parameter(torch.full_like(v, self.inner_lr))
-                for k, v in self._initial.items()
-            }
-            if meta_sgd
-            else {}
+            {_module_key(k): nn.Parameter(rate(v)) for k, v in self._initial.items()} if meta_sgd else {}
         )
 
     def meta_parameters(self) -> dict[str, nn.Parameter]:
@@ -61,9 +88,13 @@ class InitLearner(MetaLearner):
         return {k.replace("__", "."): p for k, p in self.init.items()}
 
     def _rates(self) -> float | Tree:
+        """The inner rates: the fixed ``inner_lr``, or the learned (bounded) Meta-SGD rates."""
         if not self.meta_sgd:
             return self.inner_lr
-        return {k.replace("__", "."): p for k, p in self.inner_lrs.items()}
+        rates = {k.replace("__", "."): p for k, p in self.inner_lrs.items()}
+        if self.inner_lr_max is None:
+            return rates
+        return {k: self.inner_lr_max * torch.sigmoid(p) for k, p in rates.items()}
 
     def context_objective(self, context: Observations, forward_map: ForwardMap):
         """The inner objective: the sum over signals of each signal's context loss."""
@@ -85,16 +116,12 @@ class InitLearner(MetaLearner):
             objective, init, steps, self._rates(), self.inner_optimizer, create_graph=create_graph
         )
 
-    def adapt(
-        self, context: Observations, forward_map: ForwardMap, steps: int | None = None
-    ) -> AdaptedState:
+    def adapt(self, context: Observations, forward_map: ForwardMap, steps: int | None = None) -> AdaptedState:
         steps = self.inner_steps if steps is None else steps
         return AdaptedState(self._adapted(context, forward_map, steps, create_graph=False))
 
     def outer_loss(self, batch: SignalBatch) -> torch.Tensor:
-        phi = self._adapted(
-            batch.context, batch.forward_map, self.inner_steps, torch.is_grad_enabled()
-        )
+        phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, torch.is_grad_enabled())
         return mse(self.observe(phi, batch.target.queries, batch.forward_map), batch.target.values).mean()
 
 
@@ -112,9 +139,7 @@ class MAML(InitLearner):
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
         named = self.meta_parameters()
         with torch.enable_grad():
-            phi = self._adapted(
-                batch.context, batch.forward_map, self.inner_steps, not self.first_order
-            )
+            phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, not self.first_order)
             if self.first_order:
                 phi = leaves(phi)
             pred = self.observe(phi, batch.target.queries, batch.forward_map)

@@ -15,11 +15,18 @@ Learning rates are a float, or a dict of tensors broadcastable against each para
 Li et al. 2017: ``phi <- phi - alpha (.) grad``, ``alpha`` learned by the outer loop). An optional
 ``precondition(params, grads) -> grads`` rescales the gradient before the optimizer's update
 (iBaML's variance-preconditioned steps); it changes the path, not the stationary points.
+
+Non-finite values. An optional :class:`InnerHealth` accumulates, on the device, one flag per signal:
+"every gradient and iterate of this signal stayed finite". Nothing is read back inside the loop; the
+caller checks the flags once at the end (:func:`warn_non_finite` at test time; a skipped meta-step at
+training time).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -27,6 +34,44 @@ from genfield.errors import unknown_name
 from genfield.meta.tree import Tree, leaves
 
 INNER_OPTIMIZERS = ("sgd", "adam")
+
+
+class NonFiniteAdaptation(RuntimeWarning):
+    """An inner loop met a NaN or an infinity: the named signals' reconstructions are not trustworthy."""
+
+
+def finite_per_signal(tree: Tree) -> torch.Tensor:
+    """``(S,)`` booleans: every entry of signal ``s`` in every tensor of ``tree`` is finite."""
+    return torch.stack([torch.isfinite(v).flatten(1).all(1) for v in tree.values()]).all(0)
+
+
+@dataclass
+class InnerHealth:
+    """Per-signal finiteness flags of an inner loop, kept as a device tensor (no host sync per step)."""
+
+    finite: torch.Tensor | None = None
+
+    def record(self, tree: Tree) -> None:
+        ok = finite_per_signal(tree)
+        self.finite = ok if self.finite is None else self.finite & ok
+
+    def all_finite(self) -> torch.Tensor:
+        """A 0-d boolean tensor (True when nothing was recorded)."""
+        return torch.tensor(True) if self.finite is None else self.finite.all()
+
+
+def warn_non_finite(method: str, finite: torch.Tensor | None) -> list[int]:
+    """Warn (one host sync) naming the signals whose inner loop went non-finite; return their indices."""
+    if finite is None or bool(finite.all()):
+        return []
+    bad = (~finite).nonzero().flatten().tolist()
+    warnings.warn(
+        f"{method}: non-finite values in the inner loop of signal(s) {bad} of {finite.numel()}; "
+        "their reconstructions are not trustworthy",
+        NonFiniteAdaptation,
+        stacklevel=3,
+    )
+    return bad
 
 
 def inner_loop(
@@ -40,12 +85,15 @@ def inner_loop(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     precondition: Callable[[Tree, Tree], Tree] | None = None,
+    health: InnerHealth | None = None,
 ) -> Tree:
     """Minimise ``objective`` (a scalar: the sum over signals) for ``steps`` steps from ``init``.
 
     With ``create_graph=False`` every step differentiates fresh detached leaves and the result is
     detached (nothing of the trajectory is kept). With ``create_graph=True`` the returned tensors
     are differentiable functions of ``init`` and of tensor learning rates (backprop through K).
+    ``health`` (optional) accumulates per-signal finiteness of every step's gradients and of the
+    final iterate.
     """
     if optimizer not in INNER_OPTIMIZERS:
         raise unknown_name("inner optimizer", optimizer, INNER_OPTIMIZERS)
@@ -61,6 +109,8 @@ def inner_loop(
                 objective(params), list(params.values()), create_graph=create_graph
             )
         grads = dict(zip(params, grads))
+        if health is not None:
+            health.record(grads)
         with torch.set_grad_enabled(create_graph):
             if precondition is not None:
                 grads = precondition(params, grads)
@@ -72,4 +122,6 @@ def inner_loop(
                     k: (first[k] / c1) / ((second[k] / c2).sqrt() + eps) for k in params
                 }
             params = {k: params[k] - rates[k] * grads[k] for k in params}
+    if health is not None:
+        health.record(params)
     return params if create_graph else {k: v.detach() for k, v in params.items()}
