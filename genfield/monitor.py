@@ -26,9 +26,9 @@ class LossRising(RuntimeWarning):
 class RisingLoss:
     """Fires once when the loss EMA stays ``margin`` above its minimum for ``patience`` logs."""
 
-    decay: float = 0.8
-    margin: float = 0.25
-    patience: int = 5
+    decay: float = 0.9
+    margin: float = 0.5
+    patience: int = 10
     ema: float | None = None
     minimum: float = math.inf
     above: int = 0

@@ -27,7 +27,7 @@ from torch import nn
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError, unknown_name
 from genfield.forward import ForwardMap
-from genfield.meta.inner import inner_loop
+from genfield.meta.inner import InnerHealth, inner_loop, warn_non_finite
 from genfield.meta.learner import AdaptedState, MetaLearner, _module_key
 from genfield.meta.likelihood import mse
 from genfield.meta.tree import Tree, expand_signals, leaves
@@ -105,7 +105,12 @@ class InitLearner(MetaLearner):
         return mse(self.observe(params, obs.queries, forward_map), obs.values)
 
     def _adapted(
-        self, context: Observations, forward_map: ForwardMap, steps: int, create_graph: bool
+        self,
+        context: Observations,
+        forward_map: ForwardMap,
+        steps: int,
+        create_graph: bool,
+        health: InnerHealth | None = None,
     ) -> Tree:
         theta = self.theta()
         if not create_graph:
@@ -113,12 +118,21 @@ class InitLearner(MetaLearner):
         init = expand_signals(theta, context.num_signals)
         objective = self.context_objective(context, forward_map)
         return inner_loop(
-            objective, init, steps, self._rates(), self.inner_optimizer, create_graph=create_graph
+            objective,
+            init,
+            steps,
+            self._rates(),
+            self.inner_optimizer,
+            create_graph=create_graph,
+            health=health,
         )
 
     def adapt(self, context: Observations, forward_map: ForwardMap, steps: int | None = None) -> AdaptedState:
         steps = self.inner_steps if steps is None else steps
-        return AdaptedState(self._adapted(context, forward_map, steps, create_graph=False))
+        health = InnerHealth()
+        params = self._adapted(context, forward_map, steps, create_graph=False, health=health)
+        warn_non_finite(self.name, health.finite)  # the one host sync of an adaptation
+        return AdaptedState(params, finite=health.finite)
 
     def outer_loss(self, batch: SignalBatch) -> torch.Tensor:
         phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, torch.is_grad_enabled())
@@ -138,8 +152,11 @@ class MAML(InitLearner):
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
         named = self.meta_parameters()
+        health = InnerHealth()
         with torch.enable_grad():
-            phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, not self.first_order)
+            phi = self._adapted(
+                batch.context, batch.forward_map, self.inner_steps, not self.first_order, health
+            )
             if self.first_order:
                 phi = leaves(phi)
             pred = self.observe(phi, batch.target.queries, batch.forward_map)
@@ -152,7 +169,7 @@ class MAML(InitLearner):
             grads.update({f"init/{k}": g.sum(0) for k, g in by_phi.items()})
         else:
             grads = dict(zip(named, grads))
-        return grads, {"loss": outer.detach()}
+        return grads, {"loss": outer.detach(), "ok": health.all_finite(), "inner_finite": health.all_finite()}
 
 
 class Reptile(InitLearner):
@@ -167,7 +184,8 @@ class Reptile(InitLearner):
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
         named = self.meta_parameters()
-        phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, False)
+        health = InnerHealth()
+        phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, False, health)
         theta = self.theta()
         grads = {f"init/{k}": (theta[k].detach() - v).mean(0) for k, v in phi.items()}
         shared = {k: p for k, p in named.items() if k.startswith("shared/")}
@@ -179,4 +197,4 @@ class Reptile(InitLearner):
                 outer, list(shared.values()), allow_unused=True, materialize_grads=True
             )
             grads.update(zip(shared, direct))
-        return grads, {"loss": outer.detach()}
+        return grads, {"loss": outer.detach(), "ok": health.all_finite(), "inner_finite": health.all_finite()}

@@ -105,9 +105,7 @@ def inner_loop(
         with torch.enable_grad():
             if not create_graph:
                 params = leaves(params)
-            grads = torch.autograd.grad(
-                objective(params), list(params.values()), create_graph=create_graph
-            )
+            grads = torch.autograd.grad(objective(params), list(params.values()), create_graph=create_graph)
         grads = dict(zip(params, grads))
         if health is not None:
             health.record(grads)
@@ -118,9 +116,7 @@ def inner_loop(
                 first = {k: betas[0] * first[k] + (1 - betas[0]) * grads[k] for k in params}
                 second = {k: betas[1] * second[k] + (1 - betas[1]) * grads[k] ** 2 for k in params}
                 c1, c2 = 1 - betas[0] ** step, 1 - betas[1] ** step
-                grads = {
-                    k: (first[k] / c1) / ((second[k] / c2).sqrt() + eps) for k in params
-                }
+                grads = {k: (first[k] / c1) / ((second[k] / c2).sqrt() + eps) for k in params}
             params = {k: params[k] - rates[k] * grads[k] for k in params}
     if health is not None:
         health.record(params)

@@ -34,6 +34,7 @@ from genfield.errors import InputError
 from genfield.fields.field import Field
 from genfield.forward import ForwardMap
 from genfield.interface import Prediction, Reconstructor
+from genfield.meta.inner import finite_per_signal, warn_non_finite
 from genfield.meta.tree import Tree, tree_all_finite
 
 
@@ -52,6 +53,7 @@ class AdaptedState:
     logvar: Tree | None = None
     context: Observations | None = None
     context_map: ForwardMap | None = None
+    finite: torch.Tensor | None = None  # (S,) the inner loop stayed finite (checked by the learner)
 
 
 def _module_key(name: str) -> str:
@@ -139,6 +141,8 @@ class MetaLearner(Reconstructor):
             return grads, metrics, True
         residual = metrics.get("cg_residual")
         detail = "" if residual is None else f" (CG relative residual {float(residual):.3g})"
+        if not bool(metrics.get("inner_finite", True)):
+            detail += " (non-finite values in the inner loop)"
         warnings.warn(
             f"{self.name}: meta-gradient not finite or CG above tolerance{detail}; meta-step skipped",
             MetaStepSkipped,
@@ -192,4 +196,6 @@ class MetaLearner(Reconstructor):
     ) -> Prediction:
         """Adapt to ``context`` for ``steps`` inner steps, then predict at ``queries``."""
         state = self.adapt(context, context_map, steps)
+        if state.finite is None:  # a learner whose adapt does not check its inner loop itself
+            warn_non_finite(self.name, finite_per_signal(state.params))
         return self.predict(state, queries, query_map, num_samples, variance=variance)
