@@ -75,6 +75,11 @@ def run_one(
         "max_grad_norm": max((row.get("grad_norm", 0.0) for row in result.history), default=None),
         "skipped": sum(row.get("skipped", 0.0) for row in result.history),
         "loss_rising_at": next((row["step"] for row in result.history if row.get("loss_rising")), None),
+        "trace": [  # every 50th step: loss and outer gradient norm before clipping
+            {k: row.get(k) for k in ("step", "loss", "grad_norm", "lr")}
+            for row in result.history
+            if row["step"] % 50 == 0
+        ],
     }
 
 
@@ -86,6 +91,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="train overrides key=value (yaml values)")
     parser.add_argument("--option", nargs="*", default=[], help="method option overrides key=value")
     parser.add_argument("--tag", default="", help="suffix of the results file")
+    parser.add_argument("--long-only", action="store_true", help="only the 10 N run (ablations)")
     args = parser.parse_args()
 
     def parse(pairs: list[str]) -> dict[str, Any]:
@@ -95,8 +101,8 @@ def main() -> None:
     rows = []
     for data in args.data:
         for name in args.methods:
-            short = run_one(data, name, args.steps, overrides, options)
             long = run_one(data, name, 10 * args.steps, overrides, options)
+            short = long if args.long_only else run_one(data, name, args.steps, overrides, options)
             row = {"data": data, "method": name, "N": args.steps, "at_N": short, "at_10N": long}
             row["stable"] = long["score"] >= short["score"]
             rows.append(row)

@@ -2,6 +2,7 @@
 
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +182,26 @@ def test_bounded_per_layer_inner_rates_start_at_inner_lr_and_stay_below_the_boun
         learner("maml", inner_lr=0.3, meta_sgd=True, inner_lr_max=0.2)
     with pytest.raises(InputError, match="inner_lr_per"):
         learner("maml", meta_sgd=True, inner_lr_per="block")
+
+
+def test_train_command_summary_names_the_best_step_and_scores_its_weights(tmp_path):
+    import csv
+
+    from hydra import compose, initialize_config_dir
+
+    import genfield
+    from genfield.app import run_train
+
+    overrides = ["experiment=faces_maml", "train.steps=4", "train.val_every=1", "train.progress=false"]
+    overrides += ["data.size=8", "data.batch_size=2", "data.eval_signals=2", "eval.figure=false"]
+    overrides += ["field.options.hidden=16", "field.options.n_layers=2"]
+    configs = str(Path(genfield.__file__).parent / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    summary = run_train(cfg, out_dir=tmp_path)
+    with (tmp_path / "validation.csv").open() as file:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(file)]
+    best = max(rows, key=lambda row: row["psnr"])
+    assert summary["best_step"] == best["step"] and summary["best_val_psnr"] == pytest.approx(best["psnr"])
+    assert (tmp_path / "checkpoints" / "best.safetensors").is_file()
+    assert math.isfinite(summary["best_test_psnr"]) and math.isfinite(summary["test_psnr"])
