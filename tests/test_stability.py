@@ -205,3 +205,34 @@ def test_train_command_summary_names_the_best_step_and_scores_its_weights(tmp_pa
     assert summary["best_step"] == best["step"] and summary["best_val_psnr"] == pytest.approx(best["psnr"])
     assert (tmp_path / "checkpoints" / "best.safetensors").is_file()
     assert math.isfinite(summary["best_test_psnr"]) and math.isfinite(summary["test_psnr"])
+
+
+@pytest.mark.usefixtures("float64_one_thread")
+def test_top_curvature_matches_a_dense_eigendecomposition_and_caps_the_rates():
+    from genfield.meta.inner import cap_rates, top_curvature
+    from genfield.meta.tree import expand_signals
+
+    model = learner("maml")
+    batch = batches()[0]
+    context = batch.context
+    init = expand_signals({k: v.detach() for k, v in model.theta().items()}, context.num_signals)
+    objective = model.context_objective(context, batch.forward_map)
+    estimate = top_curvature(objective, init, iterations=300)
+    names, shapes = list(init), [v.shape[1:] for v in init.values()]
+    sizes = [math.prod(s) for s in shapes]
+    for s in range(context.num_signals):
+
+        def loss(flat, s=s):
+            pieces = torch.split(flat, sizes)
+            params = {k: p.reshape(1, *shape) for k, p, shape in zip(names, pieces, shapes)}
+            one = type(context)(context.queries[s : s + 1], context.values[s : s + 1])
+            return model.inner_loss(params, one, batch.forward_map).sum()
+
+        flat = torch.cat([init[k][s].reshape(-1) for k in names])
+        dense = torch.autograd.functional.hessian(loss, flat)
+        exact = torch.linalg.eigvalsh(dense).abs().max()
+        assert float(estimate[s]) == pytest.approx(float(exact), rel=1e-3)
+    capped = cap_rates(0.3, init, estimate, cap=1.0)
+    for s in range(context.num_signals):
+        alpha = max(float(r[s].max()) for r in capped.values())
+        assert alpha == pytest.approx(min(0.3, 1.0 / float(estimate[s])))

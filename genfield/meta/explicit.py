@@ -27,7 +27,7 @@ from torch import nn
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError, unknown_name
 from genfield.forward import ForwardMap
-from genfield.meta.inner import InnerHealth, inner_loop, warn_non_finite
+from genfield.meta.inner import InnerHealth, cap_rates, inner_loop, top_curvature, warn_non_finite
 from genfield.meta.learner import AdaptedState, MetaLearner, _module_key
 from genfield.meta.likelihood import mse
 from genfield.meta.tree import Tree, expand_signals, leaves
@@ -54,9 +54,16 @@ class InitLearner(MetaLearner):
         meta_sgd: bool = False,
         inner_lr_per: str = "parameter",
         inner_lr_max: float | None = None,
+        curvature_cap: float | None = None,
+        curvature_iterations: int = 3,
         **options,
     ) -> None:
         super().__init__(field, **options)
+        if curvature_cap is not None and not 0 < curvature_cap < 2:
+            raise InputError(f"curvature_cap={curvature_cap}: need a value in (0, 2) (SGD diverges at 2)")
+        if curvature_iterations < 1:
+            raise InputError(f"curvature_iterations={curvature_iterations}: need >= 1")
+        self.curvature_cap, self.curvature_iterations = curvature_cap, curvature_iterations
         if inner_lr_per not in INNER_LR_SHAPES:
             raise unknown_name("inner_lr_per", inner_lr_per, INNER_LR_SHAPES)
         if inner_lr_max is not None and not inner_lr_max > self.inner_lr:
@@ -117,11 +124,15 @@ class InitLearner(MetaLearner):
             theta = {k: v.detach() for k, v in theta.items()}
         init = expand_signals(theta, context.num_signals)
         objective = self.context_objective(context, forward_map)
+        rates = self._rates()
+        if self.curvature_cap is not None and steps > 0:
+            curvature = top_curvature(objective, init, self.curvature_iterations)
+            rates = cap_rates(rates, init, curvature, self.curvature_cap)
         return inner_loop(
             objective,
             init,
             steps,
-            self._rates(),
+            rates,
             self.inner_optimizer,
             create_graph=create_graph,
             health=health,

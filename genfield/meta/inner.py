@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from genfield.errors import unknown_name
-from genfield.meta.tree import Tree, leaves
+from genfield.meta.tree import Tree, leaves, per_signal, tree_dot
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 
@@ -121,3 +121,49 @@ def inner_loop(
     if health is not None:
         health.record(params)
     return params if create_graph else {k: v.detach() for k, v in params.items()}
+
+
+def top_curvature(
+    objective: Callable[[Tree], torch.Tensor], params: Tree, iterations: int = 3
+) -> torch.Tensor:
+    """``(S,)`` estimates of each signal's largest Hessian eigenvalue magnitude at ``params``.
+
+    Power iteration on Hessian-vector products of ``objective`` (a sum over signals, so its Hessian is
+    block diagonal and every signal iterates on its own block), from a fixed random start (its own
+    generator: the global RNG stream is untouched). ``||H v||`` for a unit ``v`` bounds ``|lambda|_max``
+    from below and approaches it as the iteration converges. Detached: a step-size control, not a
+    quantity to differentiate.
+    """
+    point = leaves(params)
+    with torch.enable_grad():
+        grads = torch.autograd.grad(objective(point), list(point.values()), create_graph=True)
+    first = next(iter(point.values()))
+    generator = torch.Generator(device=first.device).manual_seed(0)
+    v = {
+        k: torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for k, x in point.items()
+    }
+    size = first.new_zeros(first.shape[0])
+    for _ in range(iterations):
+        v = {k: x / per_signal(tree_dot(v, v).sqrt(), x) for k, x in v.items()}
+        hv = torch.autograd.grad(grads, list(point.values()), list(v.values()), retain_graph=True)
+        v = dict(zip(point, hv))
+        size = tree_dot(v, v).sqrt()
+    return size.detach()
+
+
+def cap_rates(rates: float | Tree, params: Tree, curvature: torch.Tensor, cap: float) -> Tree:
+    """Scale every signal's inner rates so that ``max rate * |lambda|_max <= cap`` for that signal.
+
+    Plain gradient descent with rate ``alpha`` is stable along a direction of curvature ``lambda`` only
+    while ``alpha lambda < 2``; beyond, the iterate and the backpropagated meta-gradient grow like
+    ``|1 - alpha lambda|^K``. A cap ``< 2`` keeps the inner loop a contraction along the sharpest
+    direction at the initialisation, and removes the meta-learner's incentive to sharpen the
+    initialisation further (the effective ``alpha lambda`` stops growing with ``lambda``).
+    """
+    if isinstance(rates, dict):
+        largest = torch.stack([r.detach().max() for r in rates.values()]).max()
+    else:
+        largest = torch.as_tensor(rates, dtype=curvature.dtype, device=curvature.device)
+        rates = dict.fromkeys(params, rates)
+    factor = (cap / (largest * curvature).clamp_min(1e-12)).clamp(max=1.0)
+    return {k: rates[k] * per_signal(factor, params[k]) for k in params}
