@@ -45,6 +45,15 @@ class InitLearner(MetaLearner):
     ``alpha = inner_lr``: the outer loop can lower a rate as the curvature at the initialisation grows
     (an SGD step diverges along a direction of curvature ``lambda`` once ``alpha lambda > 2``) but
     never raise it past the bound.
+
+    ``curvature_cap=c`` bounds the inner rate by the curvature instead: before the inner loop, each
+    signal's largest Hessian eigenvalue magnitude ``|lambda|`` of the context loss at the
+    initialisation is estimated (``curvature_iterations`` steps of power iteration,
+    :func:`~genfield.meta.inner.top_curvature`) and that signal's rates are scaled so that
+    ``alpha |lambda| <= c`` (:func:`~genfield.meta.inner.cap_rates`).
+    Why: MAML's outer loop sharpens its initialisation (a sharper one adapts faster in K steps) until
+    ``alpha lambda`` passes 2; the inner loop then diverges along the sharpest direction and the
+    meta-gradient, a product of K factors ``(I - alpha H)``, explodes.
     """
 
     def __init__(
