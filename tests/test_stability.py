@@ -218,6 +218,8 @@ def test_top_curvature_matches_a_dense_eigendecomposition_and_caps_the_rates():
     init = expand_signals({k: v.detach() for k, v in model.theta().items()}, context.num_signals)
     objective = model.context_objective(context, batch.forward_map)
     estimate = top_curvature(objective, init, iterations=300)
+    differences = top_curvature(objective, init, iterations=300, double_backward=False)  # no 2nd backward
+    torch.testing.assert_close(differences, estimate, rtol=2e-3, atol=0)
     names, shapes = list(init), [v.shape[1:] for v in init.values()]
     sizes = [math.prod(s) for s in shapes]
     for s in range(context.num_signals):

@@ -135,7 +135,8 @@ class InitLearner(MetaLearner):
         objective = self.context_objective(context, forward_map)
         rates = self._rates()
         if self.curvature_cap is not None and steps > 0:
-            curvature = top_curvature(objective, init, self.curvature_iterations)
+            exact = self.field.supports_double_backward
+            curvature = top_curvature(objective, init, self.curvature_iterations, double_backward=exact)
             rates = cap_rates(rates, init, curvature, self.curvature_cap)
         return inner_loop(
             objective,

@@ -124,7 +124,7 @@ def inner_loop(
 
 
 def top_curvature(
-    objective: Callable[[Tree], torch.Tensor], params: Tree, iterations: int = 3
+    objective: Callable[[Tree], torch.Tensor], params: Tree, iterations: int = 3, double_backward: bool = True
 ) -> torch.Tensor:
     """``(S,)`` estimates of each signal's largest Hessian eigenvalue magnitude at ``params``.
 
@@ -133,10 +133,25 @@ def top_curvature(
     generator: the global RNG stream is untouched). ``||H v||`` for a unit ``v`` bounds ``|lambda|_max``
     from below and approaches it as the iteration converges. Detached: a step-size control, not a
     quantity to differentiate.
+    Fields without double backward (``double_backward=False``) take central differences of gradients
+    instead, ``H v ~ (g(x + h v) - g(x - h v)) / 2h``.
     """
     point = leaves(params)
-    with torch.enable_grad():
-        grads = torch.autograd.grad(objective(point), list(point.values()), create_graph=True)
+
+    def gradient(at: Tree, create_graph: bool) -> list[torch.Tensor]:
+        with torch.enable_grad():
+            return list(torch.autograd.grad(objective(at), list(at.values()), create_graph=create_graph))
+
+    grads = gradient(point, create_graph=double_backward)
+
+    def hvp(v: Tree) -> list[torch.Tensor]:
+        if double_backward:
+            return list(torch.autograd.grad(grads, list(point.values()), list(v.values()), retain_graph=True))
+        h = 1e-3
+        up = gradient(leaves({k: x + h * v[k] for k, x in point.items()}), False)
+        down = gradient(leaves({k: x - h * v[k] for k, x in point.items()}), False)
+        return [(a - b) / (2 * h) for a, b in zip(up, down)]
+
     first = next(iter(point.values()))
     generator = torch.Generator(device=first.device).manual_seed(0)
     v = {
@@ -145,8 +160,7 @@ def top_curvature(
     size = first.new_zeros(first.shape[0])
     for _ in range(iterations):
         v = {k: x / per_signal(tree_dot(v, v).sqrt(), x) for k, x in v.items()}
-        hv = torch.autograd.grad(grads, list(point.values()), list(v.values()), retain_graph=True)
-        v = dict(zip(point, hv))
+        v = dict(zip(point, hvp(v)))
         size = tree_dot(v, v).sqrt()
     return size.detach()
 
