@@ -69,7 +69,7 @@ def run_train(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     from genfield.evaluation import evaluate
     from genfield.reports import write_figures
     from genfield.runfiles import start_fresh
-    from genfield.training import TrainConfig, resolve_device, train
+    from genfield.training import TrainConfig, load_best, resolve_device, train
     from genfield.validation import validate_train
 
     init_distributed()
@@ -131,6 +131,12 @@ def run_train(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     if cfg.eval.figure:
         name = summary["method"]
         write_figures(out_dir, test_batch, {name: evaluation.prediction}, methods={name: method})
+    if result.best is not None:  # test_* are the last weights; best_test_* the best on validation
+        load_best(method, result)
+        best = evaluate(method, test_batch, steps=eval_steps, num_samples=samples).summary()
+        summary["best_step"] = result.best["step"]
+        summary[f"best_val_{result.best['metric']}"] = result.best["value"]
+        summary.update({f"best_test_{k}": v for k, v in best.items()})
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     scores = ", ".join(f"{k} {v:.4g}" for k, v in summary.items() if k.startswith("test_"))
     print(f"{summary['method']} on {summary['data']}: {result.steps} steps, {scores}; outputs in {out_dir}")

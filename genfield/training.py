@@ -7,13 +7,21 @@ checkpoint holds the optimizer and RNG state, so ``resume=True`` continues a run
 
 A non-finite loss stops training with a message naming the step and the last finite checkpoint,
 which is kept: checkpoints are written atomically and only after finite steps.
+
+Stability (defaults in :class:`TrainConfig` and ``configs/train.yaml``): the outer rate follows a
+linear warm-up then a cosine decay (:mod:`genfield.schedules`, its state in the checkpoint), gradients
+are clipped to a norm of ``grad_clip``, a sustained rise of the training loss is warned about once and
+marked ``loss_rising = 1`` in the metrics (:mod:`genfield.monitor`), and the weights with the best
+validation score are kept in ``checkpoints/best.safetensors`` beside ``last.safetensors``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +38,7 @@ from genfield.distributed import broadcast_module, check_same_on_ranks
 from genfield.distributed import world as process_world
 from genfield.errors import InputError
 from genfield.interface import Reconstructor
+from genfield.monitor import BestScore, LossRising, RisingLoss
 from genfield.runfiles import (
     METRICS,
     VALIDATION,
@@ -38,6 +47,7 @@ from genfield.runfiles import (
     keep_rows,
     stops_at_step_boundary,
 )
+from genfield.schedules import build_scheduler, check_schedule, load_scheduler_state, scheduler_state
 
 
 class TrainingDiverged(RuntimeError):
@@ -50,13 +60,21 @@ class TrainConfig:
 
     steps: int = 1000
     lr: float = 1e-4
-    grad_clip: float | None = None
+    grad_clip: float | None = 1.0
+    schedule: str = "cosine"
+    warmup_steps: int = 10
+    min_lr_factor: float = 0.1
     val_every: int = 100
     checkpoint_every: int = 100
     log_every: int = 10
     progress: bool = True
     tensorboard: bool = False
     amp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise InputError(f"train.grad_clip={self.grad_clip}: need a norm > 0 (or null for no clipping)")
+        check_schedule(self.schedule, self.warmup_steps, self.min_lr_factor)
 
 
 @dataclass
@@ -66,6 +84,8 @@ class TrainResult:
     validation: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
     seconds: float = 0.0
+    best: dict[str, Any] | None = None  # {"metric", "value", "step"} of the best validation score
+    best_checkpoint: Path | None = None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -171,14 +191,23 @@ def train(
     out_dir = Path(out_dir)
     rank, world = _world()
     checkpoint = out_dir / "checkpoints" / "last.safetensors"
+    best_checkpoint = checkpoint.with_name("best.safetensors")
     parameters = [p for p in method.parameters() if p.requires_grad]
     if not parameters:  # nothing is learned across signals (the random-init baseline)
         return TrainResult(steps=0)
     optimizer = torch.optim.Adam(method.optimizer_groups(config.lr), lr=config.lr)
+    scheduler = build_scheduler(
+        optimizer, config.steps, config.warmup_steps, config.schedule, config.min_lr_factor
+    )
+    rising, best = RisingLoss(), BestScore()
     device = device or (parameters[0].device if parameters else torch.device("cpu"))
     start = 0
     if resume and checkpoint.is_file():
-        start = load_checkpoint(checkpoint, method, optimizer)["step"]
+        meta = load_checkpoint(checkpoint, method, optimizer)
+        start = meta["step"]
+        if "scheduler" in meta["extra"]:
+            load_scheduler_state(scheduler, meta["extra"]["scheduler"])
+        best.load(meta["extra"].get("best", {}))
     check_same_on_ranks(start, "the step to resume from", world)
     saved = start
     if rank == 0:  # the logs continue from the starting step: no row is logged twice
@@ -217,12 +246,17 @@ def train(
                 else "none"
             )
             raise TrainingDiverged(f"non-finite loss at step {step}; last finite checkpoint: {last}")
-        if config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        clip = config.grad_clip if config.grad_clip is not None else math.inf
+        metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(parameters, clip)
+        metrics["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
         optimizer.step()
+        scheduler.step()
         result.steps = step + 1
         if step % config.log_every == 0 or step + 1 == config.steps:
             logged = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+            if "loss" in logged and rising.update(step, logged["loss"]):
+                logged["loss_rising"] = 1.0
+                warnings.warn(rising.message(), LossRising, stacklevel=2)
             result.history.append(logged)
             if rank == 0:
                 append_rows(out_dir / METRICS, [logged])
@@ -234,11 +268,14 @@ def train(
             scores = {"step": step + 1, **validate(method)}
             result.validation.append(scores)
             append_rows(out_dir / VALIDATION, [scores])
+            if best.update(step + 1, scores):
+                extra = _extra(scheduler, best)
+                save_checkpoint(best_checkpoint, method, optimizer, step + 1, run_config, extra)
             if writer is not None:
                 for key, value in scores.items():
                     writer.add_scalar(f"val/{key}", value, step + 1)
         if rank == 0 and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
-            save_checkpoint(checkpoint, method, optimizer, step + 1, run_config)
+            save_checkpoint(checkpoint, method, optimizer, step + 1, run_config, _extra(scheduler, best))
             saved = step + 1
     bar.close()
     result.seconds = time.perf_counter() - began
@@ -246,13 +283,29 @@ def train(
         writer.close()
     if stop.requested:  # the steps done since the last checkpoint are kept too
         if rank == 0 and result.steps > saved:
-            save_checkpoint(checkpoint, method, optimizer, result.steps, run_config)
+            extra = _extra(scheduler, best)
+            save_checkpoint(checkpoint, method, optimizer, result.steps, run_config, extra)
         raise stop.interrupted(
             out_dir, result.steps, config.steps, checkpoint if checkpoint.is_file() else None
         )
     if rank == 0:
         result.checkpoint = checkpoint if checkpoint.is_file() else None
+        if best.step is not None and best_checkpoint.is_file():
+            result.best, result.best_checkpoint = best.state(), best_checkpoint
     return result
+
+
+def _extra(scheduler: torch.optim.lr_scheduler.LRScheduler, best: BestScore) -> dict[str, Any]:
+    """What a checkpoint holds beside weights and optimizer: the schedule's and the best score's state."""
+    return {"scheduler": scheduler_state(scheduler), "best": best.state()}
+
+
+def load_best(method: Reconstructor, result: TrainResult) -> dict[str, Any] | None:
+    """Load the best-on-validation weights of ``result`` into ``method``; their score, or None."""
+    if result.best_checkpoint is None:
+        return None
+    load_checkpoint(result.best_checkpoint, method, restore_rng=False)
+    return result.best
 
 
 def _tensorboard(out_dir: Path):

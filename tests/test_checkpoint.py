@@ -1,4 +1,4 @@
-"""Checkpoints: round trip, atomic writes, config differences, exact resume, NaN stops training."""
+"""Checkpoints: round trip, atomic writes, config differences, exact resume (schedule included), NaN stops."""
 
 import pytest
 import torch
@@ -88,6 +88,33 @@ def test_resume_gives_the_same_parameters_as_an_uninterrupted_run(tmp_path):
     assert result.steps == 6
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+class Interrupted:
+    """The same meta-batches, with a Ctrl-C arriving before step ``stop``."""
+
+    def __init__(self, stop: int) -> None:
+        self.batches, self.stop = batches(), stop
+
+    def __getitem__(self, step):
+        if step == self.stop:
+            raise KeyboardInterrupt
+        return self.batches[step]
+
+
+def test_resume_mid_schedule_continues_the_cosine_schedule_exactly(tmp_path):
+    config = TrainConfig(steps=8, lr=1e-2, warmup_steps=3, checkpoint_every=1, log_every=1, progress=False)
+    straight = learner()
+    full = train(straight, batches(), config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(learner(), Interrupted(5), config, tmp_path / "resumed")
+    meta = read_checkpoint_metadata(tmp_path / "resumed" / "checkpoints" / "last.safetensors")
+    assert meta["step"] == 5 and meta["extra"]["scheduler"]["last_epoch"] == 5
+    resumed = learner(seed=5)
+    rest = train(resumed, batches(), config, tmp_path / "resumed", resume=True)
+    assert [row["lr"] for row in rest.history] == [row["lr"] for row in full.history[5:]]
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)  # bit-identical
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):

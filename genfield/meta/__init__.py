@@ -61,7 +61,9 @@ def build_meta_learner(
 
     Common options: ``inner_steps``, ``inner_lr``, ``inner_optimizer`` (``sgd``/``adam``),
     ``adapt_keys`` (e.g. ``"latent"`` for Functa-style modulated fields), ``seed``. MAML:
-    ``meta_sgd``. iMAML: ``lam``, ``cg_iterations``, ``cg_damping``, ``cg_tol``. iBaML: ``prior_std``,
+    ``meta_sgd`` (with ``inner_lr_per``, ``inner_lr_max``). MAML, FOMAML, Reptile, iMAML:
+    ``curvature_cap``, ``curvature_iterations``. iMAML: ``lam``, ``cg_iterations``, ``cg_damping``,
+    ``cg_tol``. iBaML: ``prior_std``,
     ``inner_lr_logvar``, ``mc_samples``, ``obs_noise``, ``learn_obs_noise``, the ``cg_*`` options,
     ``noise_seed``, ``predictive_noise``, ``predictive`` (``laplace``/``mean_field``),
     ``noise_gradient`` (``direct``/``implicit``).

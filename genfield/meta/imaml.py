@@ -28,6 +28,7 @@ from genfield.errors import InputError, unknown_name
 from genfield.forward import ForwardMap
 from genfield.meta.cg import CURVATURES, conjugate_gradient, gauss_newton_hvp
 from genfield.meta.explicit import InitLearner
+from genfield.meta.inner import InnerHealth
 from genfield.meta.likelihood import mse
 from genfield.meta.tree import Tree, leaves
 
@@ -109,8 +110,12 @@ class IMAML(InitLearner):
         return grads, metrics
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
-        phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, False)
-        return self.implicit_gradient(phi, batch)
+        health = InnerHealth()
+        phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, False, health)
+        grads, metrics = self.implicit_gradient(phi, batch)
+        metrics["inner_finite"] = health.all_finite()
+        metrics["ok"] = metrics["ok"] & metrics["inner_finite"]
+        return grads, metrics
 
     def outer_loss(self, batch: SignalBatch) -> torch.Tensor:
         phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, False)

@@ -36,6 +36,7 @@ from genfield.errors import InputError
 from genfield.fields.field import Field
 from genfield.forward import ForwardMap
 from genfield.interface import Adapted, Prediction, Reconstructor
+from genfield.meta.inner import finite_per_signal, warn_non_finite
 from genfield.meta.tree import Tree, tree_all_finite
 
 
@@ -54,6 +55,7 @@ class AdaptedState:
     logvar: Tree | None = None
     context: Observations | None = None
     context_map: ForwardMap | None = None
+    finite: torch.Tensor | None = None  # (S,) the inner loop stayed finite (checked by the learner)
 
 
 class AdaptedLearner(Adapted):
@@ -151,6 +153,8 @@ class MetaLearner(Reconstructor):
             return grads, metrics, True
         residual = metrics.get("cg_residual")
         detail = "" if residual is None else f" (CG relative residual {float(residual):.3g})"
+        if not bool(metrics.get("inner_finite", True)):
+            detail += " (non-finite values in the inner loop)"
         warnings.warn(
             f"{self.name}: meta-gradient not finite or CG above tolerance{detail}; meta-step skipped",
             MetaStepSkipped,
@@ -208,6 +212,8 @@ class MetaLearner(Reconstructor):
     ) -> Prediction:
         """Adapt to ``context`` for ``steps`` inner steps, then predict at ``queries``."""
         state = self.adapt(context, context_map, steps)
+        if state.finite is None:  # a learner whose adapt does not check its inner loop itself
+            warn_non_finite(self.name, finite_per_signal(state.params))
         return self.predict(state, queries, query_map, num_samples, variance=variance)
 
     def condition_on(
