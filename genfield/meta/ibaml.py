@@ -496,25 +496,7 @@ class IBaML(MetaLearner):
         m, l = self.prior()
         m = {k: t.detach() for k, t in m.items()}
         l = {k: t.detach() for k, t in l.items()}
-        curvature = {}
-        for k in mu:
-            curvature[f"mu/{k}"], curvature[f"rho/{k}"] = kl_curvature(rho[k].detach(), l[k])
-
-        if self.curvature == "gauss_newton":  # NLL = 1/M sum_j ||y - f_j||^2 / (2 sigma^2) + c
-            weight = torch.exp(-2 * self.log_sigma.detach()) / len(pred_ctx)
-            ggn = gauss_newton_hvp(pred_ctx, v, weight)
-            grad_rho = dict(zip(v, grad_nll))
-            for k in rho:  # the reparameterisation's own curvature, which Gauss-Newton leaves out
-                curvature[f"rho/{k}"] = rho_curvature(grad_rho[f"rho/{k}"].detach(), curvature[f"rho/{k}"])
-
-        def hvp(p: Tree) -> Tree:
-            if self.curvature == "gauss_newton":
-                hv = list(ggn(p).values())
-            else:
-                hv = torch.autograd.grad(
-                    grad_nll, list(v.values()), [p[k] for k in v], retain_graph=True
-                )
-            return {k: h + curvature[k] * p[k] for k, h in zip(v, hv)}
+        hvp, curvature = self.curvature_operator(v, pred_ctx, grad_nll)
 
         # Jacobi preconditioner from the KL's curvature: with a prior whose variances span decades
         # (relative_prior on a SIREN) plain CG would stall; (P A) is then close to I + P H_nll.
@@ -545,6 +527,35 @@ class IBaML(MetaLearner):
             "ok": solve.converged,
         }
         return grads, metrics
+
+    def curvature_operator(
+        self, v: Tree, pred_ctx: torch.Tensor, grad_nll: tuple[torch.Tensor, ...]
+    ) -> tuple[object, Tree]:
+        """``(p -> A p, diagonal)``: products with the curvature ``A`` of ``F`` in ``v`` at the
+        leaves ``v`` (``pred_ctx``: the sampled context predictions, ``grad_nll``: the expected
+        context NLL's gradient in ``v`` with its graph), and the diagonal part that is not the NLL's
+        Hessian or Gauss-Newton term (the KL's; with Gauss-Newton also the reparameterisation's
+        rho-rho term, :func:`~genfield.meta.bayes.rho_curvature`), the Jacobi preconditioner's."""
+        mu, rho = _split(v)
+        _, l = self.prior()
+        curvature = {}
+        for k in mu:
+            curvature[f"mu/{k}"], curvature[f"rho/{k}"] = kl_curvature(rho[k].detach(), l[k].detach())
+        if self.curvature == "gauss_newton":  # NLL = 1/M sum_j ||y - f_j||^2 / (2 sigma^2) + c
+            weight = torch.exp(-2 * self.log_sigma.detach()) / len(pred_ctx)
+            ggn = gauss_newton_hvp(pred_ctx, v, weight)
+            grad_v = dict(zip(v, grad_nll))
+            for k in rho:  # the reparameterisation's own curvature, which Gauss-Newton leaves out
+                curvature[f"rho/{k}"] = rho_curvature(grad_v[f"rho/{k}"].detach(), curvature[f"rho/{k}"])
+
+        def hvp(p: Tree) -> Tree:
+            if self.curvature == "gauss_newton":
+                hv = list(ggn(p).values())
+            else:
+                hv = torch.autograd.grad(grad_nll, list(v.values()), [p[k] for k in v], retain_graph=True)
+            return {k: h + curvature[k] * p[k] for k, h in zip(v, hv)}
+
+        return hvp, curvature
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
         self._shard = batch.extras.get("shard")  # (offset, global size) under torch.distributed
