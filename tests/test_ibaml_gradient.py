@@ -111,7 +111,9 @@ def test_default_curvature_is_the_hessian_where_observations_are_linear_in_the_w
     noise = learner.draw_noise(batch.num_signals)
     free_energy = lambda t: learner.free_energy(t, noise, batch.context, batch.forward_map).sum()  # noqa: E731
     # At the optimum (found by small Adam steps and Newton), where the term is 1/4 (1 - e^{rho - l}).
-    solver = default_ibaml(**options, logvar_step="optimizer", precondition="none", inner_lr=1e-2)
+    solver = default_ibaml(
+        **options, logvar_step="optimizer", inner_optimizer="adam", precondition="none", inner_lr=1e-2
+    )
     v = solver.adapt_posterior(batch.context, batch.forward_map, noise, 300)
     v = leaves(newton(free_energy, v, iterations=8))
     with torch.enable_grad():

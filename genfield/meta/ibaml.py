@@ -4,7 +4,7 @@ Model. Meta-parameters ``theta = (m, l)``: a prior ``p(phi) = N(m, diag e^l)`` o
 weights (plus, optionally, shared weights ``w`` and the log noise ``log sigma``). Each signal gets a
 Gaussian posterior ``q(phi) = N(mu, diag e^rho)``, ``v = (mu, rho)``, initialised at the prior.
 
-Inner problem (per signal, K steps of SGD/Adam on ``v``):
+Inner problem (per signal, K steps on ``v``):
 
     F(v, theta) = 1/M sum_j NLL_ctx(mu + e^{rho/2} eps_j) + KL(q_v || p_theta)
 
@@ -26,6 +26,16 @@ deviation of each tensor to ``prior_std`` times its initial RMS: a SIREN's first
 hidden layers differ ~30x in scale and an isotropic prior wide enough for one turns the other into
 noise (phase noise ``omega_0 sigma sqrt(n)`` of several radians at ``prior_std=0.02``).
 
+Inner steps on ``rho`` (``logvar_step="fixed_point"``, default): the mean-field optimum in ``rho``
+has a closed form in the diagonal data curvature ``h``, ``e^{-rho*} = e^{-l} + h``, and ``dF/drho``
+measures ``h``, so each step moves ``rho`` (a damped fraction of) the way to that fixed point
+(:func:`logvar_fixed_point_step`). With ``precondition="posterior"`` the step on ``mu`` then uses the
+variance just set: ``mu <- mu - inner_lr e^{rho} grad_mu F`` is a diagonal Newton step. Together they
+reach the inner optimum of a prior-dominated problem in a few steps, which the implicit gradient
+assumes (its l-block weighs ``rho - l`` and ``mu - m`` directly). Adam on ``rho``
+(``logvar_step="optimizer"``) moves every ``rho`` by about its rate on its first steps whatever the
+gradient, so after a few steps ``rho`` is nats from the optimum and that block points elsewhere.
+
 with ``NLL`` the Gaussian negative log-likelihood summed over observations
 (:mod:`genfield.meta.likelihood`) and the KL in closed form (:mod:`genfield.meta.bayes`).
 
@@ -43,9 +53,12 @@ Meta-gradient. At ``v* = argmin F``, ``grad_v F(v*(theta), theta) = 0``. Differe
 applied by double backward with the noise held fixed; the KL adds ``e^{-l}`` on the mu block and
 ``1/2 e^{rho-l}`` on the rho block. ``x`` comes from one CG solve per signal, Jacobi-preconditioned
 by the KL's curvature (the prior variances can span decades). (``curvature="gauss_newton"``
-replaces ``H_nll`` by the positive semi-definite Gauss-Newton matrix of the reparameterised
-predictions, ``J_v^T J_v / (M sigma^2)``, so that ``A`` is positive definite and CG converges even
-where the exact Hessian of a non-convex field is indefinite; an approximation, opt-in.)
+replaces ``H_nll`` by the positive semi-definite Gauss-Newton matrix of the predictions in the
+weights, ``J^T J / (M sigma^2)`` pulled back through ``w = mu + e^{rho/2} eps``,
+plus the reparameterisation's own second derivative ``1/4 e^{rho/2} eps . grad_w NLL`` on the rho-rho
+diagonal (:func:`~genfield.meta.bayes.rho_curvature`; not a residual: in expectation half that
+block), so that ``A`` is positive definite at a stationary point and CG converges even where the
+exact Hessian of a non-convex field is indefinite; the default.)
 The NLL does not depend on ``(m, l)``, so ``B`` for the prior comes from the KL alone and is diagonal:
 
     dL/dm = sum_s e^{-l} x_mu,s
@@ -170,11 +183,11 @@ class IBaML(MetaLearner):
         cg_tol: float = 0.1,
         noise_seed: int | None = None,
         predictive_noise: bool = True,
-        inner_optimizer: str = "adam",
-        inner_lr: float = 0.5,
+        inner_optimizer: str = "sgd",
+        inner_lr: float = 1.0,
         curvature: str = "gauss_newton",
         inner_noise: str = "fresh",
-        precondition: str = "prior",
+        precondition: str = "posterior",
         relative_prior: bool = False,
         lr_scale_logvar: float = 30.0,
         lr_scale_obs_noise: float = 5.0,
