@@ -511,8 +511,8 @@ class IBaML(MetaLearner):
         l = {k: t.detach() for k, t in l.items()}
         hvp, curvature = self.curvature_operator(v, pred_ctx, grad_nll)
 
-        # Jacobi preconditioner from the KL's curvature: with a prior whose variances span decades
-        # (relative_prior on a SIREN) plain CG would stall; (P A) is then close to I + P H_nll.
+        # Jacobi preconditioner from the diagonal part (the KL's, and the rho term): with a prior whose
+        # variances span decades (relative_prior on a SIREN) plain CG would stall; (P A) ~ I + P H_nll.
         jacobi = {k: 1 / (c.expand_as(v[k]) + self.cg_damping) for k, c in curvature.items()}
         solve = conjugate_gradient(
             hvp, b_v, self.cg_iterations, self.cg_damping, self.cg_tol, preconditioner=jacobi
