@@ -186,10 +186,10 @@ def test_imaml_matches_dense_solve_and_finite_differences():
 
 # -- iBaML ---------------------------------------------------------------------------------------
 #: The exact-gradient checks below solve a fixed-noise inner problem with the full Hessian; pin the
-#: settings they were written for (the training defaults are SGD, Gauss-Newton, learned noise).
+#: settings they were written for (the defaults are checked in test_ibaml_gradient.py).
 OLD_IBAML = dict(
     inner_optimizer="adam", precondition="none", curvature="hessian", learn_obs_noise=False,
-    antithetic=False, inner_lr_logvar=None,
+    antithetic=False, inner_lr_logvar=None, logvar_step="optimizer",
 )
 def _ibaml_setup(num_signals=1, **options):
     batch = tiny_batch(num_signals)

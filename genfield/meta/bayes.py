@@ -56,3 +56,17 @@ def kl_cross_transpose(
 def reparameterise(mu: torch.Tensor, rho: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Samples ``phi = mu + exp(rho / 2) * eps`` (``noise`` has extra leading sample dims)."""
     return mu + torch.exp(0.5 * rho) * noise
+
+
+def rho_curvature(grad_nll_rho: torch.Tensor, kl_rho: torch.Tensor) -> torch.Tensor:
+    """Diagonal of ``d2F/drho2`` beyond the Gauss-Newton term: the KL's ``kl_rho`` plus the
+    reparameterisation's own second derivative.
+
+    ``w = mu + e^{rho/2} eps`` has ``d2w/drho2 = 1/4 e^{rho/2} eps``, so the expected NLL gains
+    ``1/4 e^{rho/2} eps . grad_w NLL = 1/2 dNLL/drho`` (elementwise, ``grad_nll_rho``) on the
+    rho-rho diagonal. It is not a residual term: by Stein's lemma its expectation is
+    ``1/4 e^{rho} diag(H)``, the same as the Gauss-Newton term's, i.e. half the block, and at
+    ``dF/drho = 0`` it equals ``1/4 (1 - e^{rho - l})``. The sum is floored at half the KL's
+    curvature, which keeps the implicit system positive definite away from stationarity (at a
+    stationary point the sum is ``1/4 (1 + e^{rho - l})``, above the floor)."""
+    return (kl_rho + 0.5 * grad_nll_rho).clamp_min(0.5 * kl_rho)

@@ -4,7 +4,7 @@ Model. Meta-parameters ``theta = (m, l)``: a prior ``p(phi) = N(m, diag e^l)`` o
 weights (plus, optionally, shared weights ``w`` and the log noise ``log sigma``). Each signal gets a
 Gaussian posterior ``q(phi) = N(mu, diag e^rho)``, ``v = (mu, rho)``, initialised at the prior.
 
-Inner problem (per signal, K steps of SGD/Adam on ``v``):
+Inner problem (per signal, K steps on ``v``):
 
     F(v, theta) = 1/M sum_j NLL_ctx(mu + e^{rho/2} eps_j) + KL(q_v || p_theta)
 
@@ -26,6 +26,16 @@ deviation of each tensor to ``prior_std`` times its initial RMS: a SIREN's first
 hidden layers differ ~30x in scale and an isotropic prior wide enough for one turns the other into
 noise (phase noise ``omega_0 sigma sqrt(n)`` of several radians at ``prior_std=0.02``).
 
+Inner steps on ``rho`` (``logvar_step="fixed_point"``, default): the mean-field optimum in ``rho``
+has a closed form in the diagonal data curvature ``h``, ``e^{-rho*} = e^{-l} + h``, and ``dF/drho``
+measures ``h``, so each step moves ``rho`` (a damped fraction of) the way to that fixed point
+(:func:`logvar_fixed_point_step`). With ``precondition="posterior"`` the step on ``mu`` then uses the
+variance just set: ``mu <- mu - inner_lr e^{rho} grad_mu F`` is a diagonal Newton step. Together they
+reach the inner optimum of a prior-dominated problem in a few steps, which the implicit gradient
+assumes (its l-block weighs ``rho - l`` and ``mu - m`` directly). Adam on ``rho``
+(``logvar_step="optimizer"``) moves every ``rho`` by about its rate on its first steps whatever the
+gradient, so after a few steps ``rho`` is nats from the optimum and that block points elsewhere.
+
 with ``NLL`` the Gaussian negative log-likelihood summed over observations
 (:mod:`genfield.meta.likelihood`) and the KL in closed form (:mod:`genfield.meta.bayes`).
 
@@ -43,9 +53,12 @@ Meta-gradient. At ``v* = argmin F``, ``grad_v F(v*(theta), theta) = 0``. Differe
 applied by double backward with the noise held fixed; the KL adds ``e^{-l}`` on the mu block and
 ``1/2 e^{rho-l}`` on the rho block. ``x`` comes from one CG solve per signal, Jacobi-preconditioned
 by the KL's curvature (the prior variances can span decades). (``curvature="gauss_newton"``
-replaces ``H_nll`` by the positive semi-definite Gauss-Newton matrix of the reparameterised
-predictions, ``J_v^T J_v / (M sigma^2)``, so that ``A`` is positive definite and CG converges even
-where the exact Hessian of a non-convex field is indefinite; an approximation, opt-in.)
+replaces ``H_nll`` by the positive semi-definite Gauss-Newton matrix of the predictions in the
+weights, ``J^T J / (M sigma^2)`` pulled back through ``w = mu + e^{rho/2} eps``,
+plus the reparameterisation's own second derivative ``1/4 e^{rho/2} eps . grad_w NLL`` on the rho-rho
+diagonal (:func:`~genfield.meta.bayes.rho_curvature`; not a residual: in expectation half that
+block), so that ``A`` is positive definite at a stationary point and CG converges even where the
+exact Hessian of a non-convex field is indefinite; the default.)
 The NLL does not depend on ``(m, l)``, so ``B`` for the prior comes from the KL alone and is diagonal:
 
     dL/dm = sum_s e^{-l} x_mu,s
@@ -92,6 +105,7 @@ from genfield.meta.bayes import (
     kl_curvature,
     kl_diag_gaussians,
     reparameterise,
+    rho_curvature,
 )
 from genfield.meta.cg import CURVATURES, conjugate_gradient, gauss_newton_hvp
 from genfield.meta.inner import inner_loop
@@ -108,6 +122,22 @@ PRECONDITIONERS = ("none", "prior", "posterior")
 NOISE_GRADIENTS = ("direct", "implicit")
 #: Predictive distributions: linearized Laplace under the prior, or samples of the mean-field q.
 PREDICTIVES = ("laplace", "mean_field")
+#: Inner updates of the posterior log-variance: the damped closed-form fixed point, or the optimizer's.
+LOGVAR_STEPS = ("fixed_point", "optimizer")
+#: Adam's moment decays and denominator guard in the inner loop (as :func:`inner_loop`'s defaults).
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+def logvar_fixed_point_step(grad_rho: torch.Tensor) -> torch.Tensor:
+    """``rho - rho*`` for the log-variance gradient ``g = dF/drho``.
+
+    ``g = 1/2 (e^{rho} (e^{-l} + h) - 1)`` with ``h`` the (Monte-Carlo, reparameterised) data
+    curvature of the weight, so the mean-field fixed point ``e^{-rho*} = e^{-l} + h`` lies at
+    ``rho - rho* = log(1 + 2 g)``: zero iff ``g = 0``, equal to ``2 g`` for small ``g``, and
+    logarithmic where ``h`` is large (a SIREN's first layer: ``e^l h ~ 100``), where a gradient step
+    would send the variance to ``e^{-50}``. ``1 + 2 g`` is clipped below at ``e^-2`` (a noisy or
+    negative ``h`` raises ``rho`` by at most 2 nats)."""
+    return torch.log((1 + 2 * grad_rho).clamp_min(math.exp(-2)))
 
 
 def _split(v: Tree) -> tuple[Tree, Tree]:
@@ -131,7 +161,9 @@ class IBaML(MetaLearner):
     numbers across calls, for tests), ``predictive_noise`` (add sigma^2 to predictive variances),
     ``inner_noise`` (``fresh`` or ``fixed``), ``precondition`` (``none``, ``prior``,
     ``posterior``; the last needs SGD), ``relative_prior``, ``predictive`` (``laplace`` or
-    ``mean_field``, see the module docstring), ``noise_gradient`` (``direct`` or ``implicit``).
+    ``mean_field``, see the module docstring), ``noise_gradient`` (``direct`` or ``implicit``),
+    ``logvar_step`` (``fixed_point``: the damped closed-form update of ``rho`` whatever the mean's
+    optimizer, ``inner_lr_logvar`` its damping; ``optimizer``: ``rho`` stepped like ``mu``).
     """
 
     name = "ibaml"
@@ -142,7 +174,7 @@ class IBaML(MetaLearner):
         field,
         *,
         prior_std: float = 0.0125,
-        inner_lr_logvar: float | None = 1.0,
+        inner_lr_logvar: float | None = 0.1,
         mc_samples: int = 2,
         obs_noise: float = 0.1,
         learn_obs_noise: bool = True,
@@ -151,17 +183,18 @@ class IBaML(MetaLearner):
         cg_tol: float = 0.1,
         noise_seed: int | None = None,
         predictive_noise: bool = True,
-        inner_optimizer: str = "adam",
+        inner_optimizer: str = "sgd",
         inner_lr: float = 0.5,
         curvature: str = "gauss_newton",
         inner_noise: str = "fresh",
-        precondition: str = "prior",
+        precondition: str = "posterior",
         relative_prior: bool = False,
         lr_scale_logvar: float = 30.0,
         lr_scale_obs_noise: float = 5.0,
         antithetic: bool = True,
         predictive: str = "laplace",
         noise_gradient: str = "direct",
+        logvar_step: str = "fixed_point",
         **options,
     ) -> None:
         if options.pop("meta_sgd", False):
@@ -181,7 +214,14 @@ class IBaML(MetaLearner):
             raise unknown_name("predictive", predictive, PREDICTIVES)
         if noise_gradient not in NOISE_GRADIENTS:
             raise unknown_name("noise_gradient", noise_gradient, NOISE_GRADIENTS)
-        self.predictive, self.noise_gradient = predictive, noise_gradient
+        if logvar_step not in LOGVAR_STEPS:
+            raise unknown_name("logvar_step", logvar_step, LOGVAR_STEPS)
+        self.predictive, self.noise_gradient, self.logvar_step = predictive, noise_gradient, logvar_step
+        if logvar_step == "fixed_point" and inner_lr_logvar is not None and not 0 < inner_lr_logvar < 2:
+            raise InputError(
+                f"inner_lr_logvar={inner_lr_logvar}: the damping of the fixed-point step of rho "
+                "(logvar_step='fixed_point') must lie in (0, 2); 1 jumps to the fixed point"
+            )
         if precondition == "posterior" and inner_optimizer == "adam":
             raise InputError("precondition='posterior' needs inner_optimizer='sgd'")
         self.curvature, self.inner_noise, self.precondition = curvature, inner_noise, precondition
@@ -328,13 +368,9 @@ class IBaML(MetaLearner):
         so the step is a diagonal Newton step (as in variational online Gauss-Newton). Both leave
         the stationary points of ``F`` — and so the implicit meta-gradient — unchanged.
 
-        The log-variance gradient is ``g = dF/drho = 1/2 (e^{rho} (e^{-l} + h) - 1)`` with ``h`` the
-        (Monte-Carlo, reparameterised) data curvature of the weight, so the fixed point
-        ``e^{-rho*} = e^{-l} + h`` lies at ``rho* - rho = -log(1 + 2 g)``. The step on ``rho`` is
-        ``0.5 log(1 + 2 g)`` (``1 + 2 g`` clipped below at ``e^-2`` against noisy ``h``) times
-        ``inner_lr_logvar``: equal to ``g`` for small ``g``, and ``inner_lr_logvar = 2`` jumps to the
-        fixed point, but logarithmic where ``h`` is large (a SIREN's first layer: ``e^l h ~ 100``),
-        where a plain gradient step would send the variance to ``e^{-50}``. Zero iff ``g = 0``.
+        With ``logvar_step="optimizer"`` and SGD, the step on ``rho`` is ``inner_lr_logvar`` times
+        ``0.5 log(1 + 2 g)`` (:func:`logvar_fixed_point_step`; ``inner_lr_logvar = 2`` jumps to the
+        fixed point); with ``"fixed_point"`` the log-variance is stepped by :meth:`_fixed_point_hook`.
         """
         if self.precondition == "none" or self.inner_optimizer == "adam":
             return None  # Adam: see _mean_rates
@@ -344,7 +380,7 @@ class IBaML(MetaLearner):
             out = dict(grads)
             for k, g in grads.items():
                 if k.startswith("rho/"):  # log fixed-point step: stable where the data curvature is large
-                    out[k] = 0.5 * torch.log((1 + 2 * g).clamp_min(math.exp(-2)))
+                    out[k] = 0.5 * logvar_fixed_point_step(g)
                     continue
                 if self.precondition == "prior":
                     scale = l[k[3:]] if create_graph else l[k[3:]].detach()
@@ -391,16 +427,55 @@ class IBaML(MetaLearner):
                 m, l = ({k: t.detach() for k, t in d.items()} for d in (m, l))
             init = _join(expand_signals(m, S), expand_signals(l, S))
         rates = self._mean_rates(create_graph)
-        rates.update({k: self.inner_lr_logvar for k in init if k.startswith("rho/")})
 
         def objective(v: Tree) -> torch.Tensor:
             eps = self.draw_noise(S) if noise is None else noise
             return self.free_energy(v, eps, context, forward_map, not create_graph).sum()
 
+        if self.logvar_step == "optimizer":
+            rates.update({k: self.inner_lr_logvar for k in init if k.startswith("rho/")})
+            optimizer, precondition = self.inner_optimizer, self._preconditioner(create_graph)
+        else:  # the hook takes the whole step; the loop applies it as SGD at rate 1
+            rates.update({k: 1.0 for k in init if k.startswith("rho/")})
+            optimizer, precondition = "sgd", self._fixed_point_hook(create_graph)
         return inner_loop(
-            objective, init, steps, rates, self.inner_optimizer, create_graph=create_graph,
-            precondition=self._preconditioner(create_graph),
+            objective, init, steps, rates, optimizer, create_graph=create_graph,
+            precondition=precondition,
         )
+
+    def _fixed_point_hook(self, create_graph: bool):
+        """The inner step of ``logvar_step="fixed_point"``, as a gradient transform for SGD.
+
+        ``mu`` gets its optimizer's direction (Adam's bias-corrected ratio of moments, or the
+        preconditioned SGD gradient). ``rho`` moves a fraction ``eta_t = max(inner_lr_logvar, 1/t)``
+        of the way to the closed-form fixed point of the current curvature estimate
+        (:func:`logvar_fixed_point_step`): the first step jumps there, later ones average the
+        log-precision targets of successive draws (a running mean while ``1/t > inner_lr_logvar``).
+        With fixed noise the error contracts by ``1 - eta_t`` per step, so a few inner steps reach
+        ``dF/drho = 0`` (where Adam moves every ``rho`` by ~``inner_lr`` on its first steps,
+        whatever its gradient, and lands nats from the optimum). Stationary points are unchanged."""
+        mean_precondition = self._preconditioner(create_graph)
+        first: Tree = {}
+        second: Tree = {}
+        step = 0
+
+        def hook(v: Tree, grads: Tree) -> Tree:
+            nonlocal step
+            step += 1
+            rate = max(self.inner_lr_logvar, 1 / step)
+            logvar = {k: rate * logvar_fixed_point_step(g) for k, g in grads.items() if k.startswith("rho/")}
+            mean = {k: g for k, g in grads.items() if k.startswith("mu/")}
+            if self.inner_optimizer == "adam":
+                (b1, b2), c1, c2 = ADAM_BETAS, 1 - ADAM_BETAS[0] ** step, 1 - ADAM_BETAS[1] ** step
+                for k, g in mean.items():
+                    first[k] = b1 * first.get(k, 0) + (1 - b1) * g
+                    second[k] = b2 * second.get(k, 0) + (1 - b2) * g.square()
+                    mean[k] = (first[k] / c1) / ((second[k] / c2).sqrt() + ADAM_EPS)
+            elif mean_precondition is not None:  # "posterior": the variance this step sets
+                mean = mean_precondition({**v, **{k: v[k] - d for k, d in logvar.items()}}, mean)
+            return {**mean, **logvar}
+
+        return hook
 
     def _inner_noise(self, noise: Tree) -> Tree | None:
         return noise if self.inner_noise == "fixed" else None
@@ -434,25 +509,10 @@ class IBaML(MetaLearner):
         m, l = self.prior()
         m = {k: t.detach() for k, t in m.items()}
         l = {k: t.detach() for k, t in l.items()}
-        curvature = {}
-        for k in mu:
-            curvature[f"mu/{k}"], curvature[f"rho/{k}"] = kl_curvature(rho[k].detach(), l[k])
+        hvp, curvature = self.curvature_operator(v, pred_ctx, grad_nll)
 
-        if self.curvature == "gauss_newton":  # NLL = 1/M sum_j ||y - f_j||^2 / (2 sigma^2) + c
-            weight = torch.exp(-2 * self.log_sigma.detach()) / len(pred_ctx)
-            ggn = gauss_newton_hvp(pred_ctx, v, weight)
-
-        def hvp(p: Tree) -> Tree:
-            if self.curvature == "gauss_newton":
-                hv = list(ggn(p).values())
-            else:
-                hv = torch.autograd.grad(
-                    grad_nll, list(v.values()), [p[k] for k in v], retain_graph=True
-                )
-            return {k: h + curvature[k] * p[k] for k, h in zip(v, hv)}
-
-        # Jacobi preconditioner from the KL's curvature: with a prior whose variances span decades
-        # (relative_prior on a SIREN) plain CG would stall; (P A) is then close to I + P H_nll.
+        # Jacobi preconditioner from the diagonal part (the KL's, and the rho term): with a prior whose
+        # variances span decades (relative_prior on a SIREN) plain CG would stall; (P A) ~ I + P H_nll.
         jacobi = {k: 1 / (c.expand_as(v[k]) + self.cg_damping) for k, c in curvature.items()}
         solve = conjugate_gradient(
             hvp, b_v, self.cg_iterations, self.cg_damping, self.cg_tol, preconditioner=jacobi
@@ -480,6 +540,35 @@ class IBaML(MetaLearner):
             "ok": solve.converged,
         }
         return grads, metrics
+
+    def curvature_operator(
+        self, v: Tree, pred_ctx: torch.Tensor, grad_nll: tuple[torch.Tensor, ...]
+    ) -> tuple[object, Tree]:
+        """``(p -> A p, diagonal)``: products with the curvature ``A`` of ``F`` in ``v`` at the
+        leaves ``v`` (``pred_ctx``: the sampled context predictions, ``grad_nll``: the expected
+        context NLL's gradient in ``v`` with its graph), and the diagonal part that is not the NLL's
+        Hessian or Gauss-Newton term (the KL's; with Gauss-Newton also the reparameterisation's
+        rho-rho term, :func:`~genfield.meta.bayes.rho_curvature`), the Jacobi preconditioner's."""
+        mu, rho = _split(v)
+        _, l = self.prior()
+        curvature = {}
+        for k in mu:
+            curvature[f"mu/{k}"], curvature[f"rho/{k}"] = kl_curvature(rho[k].detach(), l[k].detach())
+        if self.curvature == "gauss_newton":  # NLL = 1/M sum_j ||y - f_j||^2 / (2 sigma^2) + c
+            weight = torch.exp(-2 * self.log_sigma.detach()) / len(pred_ctx)
+            ggn = gauss_newton_hvp(pred_ctx, v, weight)
+            grad_v = dict(zip(v, grad_nll))
+            for k in rho:  # the reparameterisation's own curvature, which Gauss-Newton leaves out
+                curvature[f"rho/{k}"] = rho_curvature(grad_v[f"rho/{k}"].detach(), curvature[f"rho/{k}"])
+
+        def hvp(p: Tree) -> Tree:
+            if self.curvature == "gauss_newton":
+                hv = list(ggn(p).values())
+            else:
+                hv = torch.autograd.grad(grad_nll, list(v.values()), [p[k] for k in v], retain_graph=True)
+            return {k: h + curvature[k] * p[k] for k, h in zip(v, hv)}
+
+        return hvp, curvature
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
         self._shard = batch.extras.get("shard")  # (offset, global size) under torch.distributed
