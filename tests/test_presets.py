@@ -88,9 +88,11 @@ def test_compare_at_test_size_writes_a_row_per_method(tmp_path):
         field_overrides={"hidden": 16, "n_layers": 2},
         progress=False,
     )
-    assert {r.method for r in rows} == set(methods)
+    classical = ["biharmonic", "gaussian-prior", "mean"]  # the image kind's baselines, same test faces
+    assert {r.method for r in rows} == set(methods) | set(classical)
+    assert {r.route for r in rows if r.method in classical} == {"classical"}
     table = (tmp_path / "results.md").read_text()
-    for method in methods:
+    for method in methods + classical:
         assert f"| faces | {method} |" in table
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + len(rows)

@@ -642,7 +642,7 @@ class IBaML(MetaLearner):
         so (``noise_variance``) so that uncertainty maps can show the signal's own. ``sigma`` is
         the noise of the context's kind of measurement: queries through another forward map (CT
         pixels of a field observed through projections) get the signal's variance alone."""
-        same_kind = state.context_map is None or type(query_map) is type(state.context_map)
+        same_kind = state.context_map is None or query_map.same_measurement(state.context_map)
         if not (self.predictive_noise and same_kind):
             return Prediction(mean, variance, samples)
         noise = self.obs_noise.detach().square()
