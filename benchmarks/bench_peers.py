@@ -37,7 +37,10 @@ from genfield.datasets.images import ImageSplit
 from genfield.fields import build_field
 from genfield.meta import MetaStepSkipped, build_meta_learner
 
-K, SIGNALS, CONTEXT, INNER_LR, OMEGA0 = 5, 4, 0.1, 0.3, 30.0
+K, SIGNALS, CONTEXT, OMEGA0 = 5, 4, 0.1, 30.0
+#: MAML's inner rate by hidden width: at 0.3 the 256-wide SIREN's K steps are chaotic (meta-gradient
+#: norm ~3000, float32 rounding alone moves it by 8 %), at 0.03 all versions agree to 1e-6.
+INNER_LRS = {64: 0.3, 256: 0.03}
 # iMAML: lam and its inner rate keep H + lam I positive definite for this SIREN (at lam = 2 the
 # exact Hessian far from a fit is indefinite and CG, genfield's and TorchOpt's alike, diverges).
 LAM, IMAML_LR, CG_ITERATIONS = 10.0, 0.05, 20
@@ -69,7 +72,7 @@ def siren(params: dict[str, torch.Tensor], x: torch.Tensor, n_layers: int) -> to
     return torch.sigmoid(h @ params[w].T + params[b])
 
 
-def func_maml(theta: dict[str, torch.Tensor], batch, n_layers: int) -> list[torch.Tensor]:
+def func_maml(theta: dict[str, torch.Tensor], batch, n_layers: int, lr: float) -> list[torch.Tensor]:
     """MAML's meta-gradient with torch.func only."""
 
     def loss(p, x, y):
@@ -79,7 +82,7 @@ def func_maml(theta: dict[str, torch.Tensor], batch, n_layers: int) -> list[torc
         phi = theta
         for _ in range(K):
             g = grad(loss)(phi, xc, yc)
-            phi = {k: phi[k] - INNER_LR * g[k] for k in phi}
+            phi = {k: phi[k] - lr * g[k] for k in phi}
         return loss(phi, xt, yt)
 
     def meta(theta):
@@ -110,10 +113,10 @@ def sequential_siren(theta: dict[str, torch.Tensor], n_layers: int) -> nn.Sequen
     return model
 
 
-def higher_maml(model: nn.Sequential, batch) -> dict[str, torch.Tensor]:
+def higher_maml(model: nn.Sequential, batch, lr: float) -> dict[str, torch.Tensor]:
     import higher
 
-    opt = torch.optim.SGD(model.parameters(), lr=INNER_LR)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     model.zero_grad(set_to_none=True)
     c, t = batch.context, batch.target
     for s in range(batch.num_signals):
@@ -167,10 +170,11 @@ def torchopt_imaml(theta: dict[str, torch.Tensor], batch, n_layers: int, cg_iter
 
 # -- one cell ---------------------------------------------------------------------------------------
 def run_cell(size: int, hidden: int, n_layers: int, reps: int, device: str) -> dict:
+    lr = INNER_LRS.get(hidden, 0.03)
     faces = list(builtin_faces("train", size=size))[:SIGNALS]
     batch = ImageSplit(context_fraction=CONTEXT)(faces, torch.Generator().manual_seed(0)).to(device)
     field = build_field("siren", head="grey", hidden=hidden, n_layers=n_layers).to(device)
-    maml = build_meta_learner("maml", field, inner_steps=K, inner_lr=INNER_LR).to(device)
+    maml = build_meta_learner("maml", field, inner_steps=K, inner_lr=lr).to(device)
     imaml = build_meta_learner(
         "imaml",
         field,
@@ -201,14 +205,15 @@ def run_cell(size: int, hidden: int, n_layers: int, reps: int, device: str) -> d
         "n_layers": n_layers,
         "signals": SIGNALS,
         "inner_steps": K,
+        "inner_lr": lr,
         "context_pixels": batch.context.values.shape[1],
     }
     reference = flat(genfield_maml())
-    candidates = {"genfield": genfield_maml, "torch.func": lambda: func_maml(theta, batch, n_layers)}
+    candidates = {"genfield": genfield_maml, "torch.func": lambda: func_maml(theta, batch, n_layers, lr)}
     try:
         import higher  # noqa: F401
 
-        candidates["higher"] = lambda: list(higher_maml(model, batch)[k] for k in names)
+        candidates["higher"] = lambda: list(higher_maml(model, batch, lr)[k] for k in names)
     except ImportError as error:
         cell["higher"] = f"not importable: {error}"
     cell["maml_relative_difference"] = {
@@ -216,9 +221,7 @@ def run_cell(size: int, hidden: int, n_layers: int, reps: int, device: str) -> d
         for name, fn in candidates.items()
         if name != "genfield"
     }
-    print(
-        f"{size}^2 {hidden}x{n_layers} MAML relative diff. vs genfield: {cell['maml_relative_difference']}"
-    )
+    print(f"{size}^2 {hidden}x{n_layers} MAML relative diff. vs genfield: {cell['maml_relative_difference']}")
     cell["maml_seconds"] = interleaved_seconds(candidates, reps, device)
     base = cell["maml_seconds"]["genfield"]
     cell["maml_ratio_genfield_over"] = {
