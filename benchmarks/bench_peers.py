@@ -268,14 +268,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 hidden layers at 64^2 and 3 repetitions")
     parser.add_argument("--layers", type=int, default=5, help="hidden layers of the 64^2 / 256 cell")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument(
+        "--size", type=int, default=None, help="run only the cell of this image size (32, 64)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     layers = 3 if args.quick else args.layers
     reps = args.reps or (3 if args.quick else 5)
-    cells = [run_cell(32, 64, 3, reps, args.device), run_cell(64, 256, layers, reps, args.device)]
-    save_results("bench_peers", {"reps": reps, "interleaved": True, "cells": cells}, args.device)
+    cells = []
+    for size, hidden, n_layers in ((32, 64, 3), (64, 256, layers)):
+        if args.size and size != args.size:
+            continue
+        cells.append(run_cell(size, hidden, n_layers, reps, args.device))
+        name = "bench_peers" + (f"_{args.size}" if args.size else "")
+        save_results(name, {"reps": reps, "interleaved": True, "cells": cells}, args.device)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ builds it (``configs/method/<name>.yaml``, its ``by_kind`` overrides included, t
 :func:`genfield.builders.build_method`). One training step is ``method.compute_gradients(batch)``
 (the meta-gradient or the process's loss gradient; the optimizer update itself is negligible).
 
-Cells (``CELLS``): faces at 32^2 (SIREN 64 x 3, the compare field), 64^2 and 178^2 (SIREN 256 x 5,
+Cells (:func:`cells`): faces at 32^2 (SIREN 64 x 3, the compare field), 64^2 and 178^2 (SIREN 256 x 5,
 the Learned-Initializations field), and 64^2 CT phantoms with 20 random views; 4 and 16 signals,
 10 % context for images. Within a cell the six methods are timed interleaved (A B C ..., median of
 ``reps`` rounds after a warm-up), so their ratios share the machine's load. Memory is
@@ -14,9 +14,10 @@ bytes saved for backward).
 
 ``--quick`` (the CPU default run): the 32^2 and 64^2 image cells and the CT cell with 4 signals, the
 CT cell with the compare field (SIREN 64 x 3, 32 quadrature points per ray), and 178^2 with 4
-signals for one timed step; the other cells are written as "not run" with the reason. On CUDA every
-cell runs. The cost of a ``budget=full`` compare run is estimated per method and cell as
-``meta_steps x seconds per step``, scaled linearly from the measured signals to the budget's batch.
+signals for one step (the warm-up step, timed); the other cells are written as "not run" with
+the reason. On CUDA every cell runs. The cost of a ``budget=full`` compare run is estimated per
+method and cell as ``meta_steps x seconds per step``, scaled linearly from the measured signals to
+the budget's batch.
 
 Run ``python -m benchmarks.bench_scale [--quick] [--device cuda]``; writes
 ``benchmarks/results/bench_scale[_quick].json`` and ``.md``.
@@ -56,7 +57,7 @@ class Cell:
 def cells(quick: bool, cuda: bool) -> list[tuple[Cell, str | None]]:
     """Every cell with ``None`` (run it) or the reason it is not run."""
     ct_quick = quick and not cuda
-    out = []
+    out: list[tuple[Cell, str | None]] = []
     for signals in (4, 16):
         big = signals == 16 and not cuda
         out += [
@@ -69,7 +70,15 @@ def cells(quick: bool, cuda: bool) -> list[tuple[Cell, str | None]]:
                 None if signals == 4 or not quick else "--quick: 4 signals only",
             ),
             (
-                Cell("faces 178^2", "faces", {"size": 178}, 256, 5, signals, reps=1),
+                Cell(
+                    "faces 178^2",
+                    "faces",
+                    {"size": 178},
+                    256,
+                    5,
+                    signals,
+                    reps=0 if quick and not cuda else 1,
+                ),
                 "CPU: 16 signals at 178^2 exceed the 5-minute run" if big else None,
             ),
             (
@@ -85,7 +94,7 @@ def cells(quick: bool, cuda: bool) -> list[tuple[Cell, str | None]]:
                 None if signals == 4 or not quick else "--quick: 4 signals only",
             ),
         ]
-    return out
+    return sorted(out, key=lambda item: "178" in item[0].name)  # the costliest cells last
 
 
 def build(cell: Cell, method: str, device: str):
@@ -110,7 +119,7 @@ def run_cell(cell: Cell, reps: int, device: str) -> dict:
         "methods": {},
     }
     times: dict[str, list[float]] = {m: [] for m in METHODS}
-    for rep in range(reps + 1):  # round 0: warm-up and memory
+    for rep in range(reps + 1):  # round 0: warm-up and memory (and the time, with reps=0)
         for name, (model, batch) in built.items():
             with measure(device) as cost, warnings.catch_warnings():
                 warnings.simplefilter("ignore", MetaStepSkipped)
@@ -123,7 +132,7 @@ def run_cell(cell: Cell, reps: int, device: str) -> dict:
             if rep == 0:
                 row["methods"][name] = {"peak_mib": round(cost.peak_mib, 2)}
                 row["memory_method"] = cost.method
-            else:
+            if rep or not reps:
                 times[name].append(cost.seconds if device.startswith("cuda") else seconds)
     for name in METHODS:
         row["methods"][name]["seconds"] = statistics.median(times[name])
@@ -182,7 +191,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None, help="timed rounds per cell (default: per cell)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--only", default=None, help="run only cells whose name contains this")
+    parser.add_argument("--only", default=None, help="run only cells whose name contains this (e.g. 64, CT)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -200,9 +209,13 @@ def main() -> None:
                 }
             )
             continue
-        rows.append(run_cell(cell, args.reps or cell.reps, args.device))
+        rows.append(run_cell(cell, cell.reps if args.reps is None else args.reps, args.device))
+        save(rows, args)  # after every cell: a run cut short keeps what it measured
+
+
+def save(rows: list[dict], args) -> None:
     estimate = full_run_estimate(rows)
-    name = "bench_scale" + ("_quick" if args.quick else "")
+    name = "bench_scale" + ("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "")
     save_results(name, {"rows": rows, "full_run_estimate": estimate}, args.device)
     path = RESULTS / f"{name}.md"
     path.write_text(markdown(rows, estimate, args.device))
