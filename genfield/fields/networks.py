@@ -15,11 +15,6 @@ network. They act on the pre-activation of every hidden layer ``l``:
 * ``"film"``:  ``(1 + gamma_l) * z_l + beta_l`` — modulations have shape ``(..., n_layers, 2 * hidden)``
   holding ``gamma`` then ``beta``.
 
-Fused sine layer. Without modulations a SIREN layer is evaluated as ``sin((omega_0 W) h + omega_0 b)``:
-the same function, with the scale applied to the weights (``n_out x n_in`` numbers) instead of to
-every pre-activation (``M x n_out``), which removes one elementwise pass over the activations from
-the forward pass and from every backward pass through it (MAML's double backward included).
-
 Modulations are either per signal, ``(n_layers, m)`` with any extra leading dimensions of the points,
 or per point, with one more dimension than the hidden activations (a cross-attention decoder).
 """
@@ -29,7 +24,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genfield.errors import unknown_name
@@ -84,10 +78,6 @@ class CoordinateMLP(nn.Module):
         """Map encoded points ``(..., M, in_dim)`` to raw outputs ``(..., M, out_dim)``."""
         if modulations is not None and modulations.dim() == h.dim():
             modulations = modulations.unsqueeze(-3)  # per signal: broadcast over the M points
-        if self.activation == "sine" and (modulations is None or self.modulation == "none"):
-            for layer in self.hidden_layers:  # fused sine layer: see the module docstring
-                h = torch.sin(F.linear(h, self.omega0 * layer.weight, self.omega0 * layer.bias))
-            return self.output_layer(h)
         for index, layer in enumerate(self.hidden_layers):
             z = layer(h)
             if modulations is not None and self.modulation != "none":

@@ -1,5 +1,6 @@
-"""The fused sine layer computes the SIREN of Sitzmann et al. (``sin(omega_0 (W h + b))``), with the
-first and second derivatives MAML and the implicit estimators take through it."""
+"""The SIREN network against the textbook formula of Sitzmann et al. (``sin(omega_0 (W h + b))``):
+values, and the second derivatives MAML and the implicit estimators take through it (a guard for
+any rewrite of the sine layer, e.g. folding ``omega_0`` into the weights)."""
 
 import torch
 from torch.func import functional_call
@@ -16,20 +17,20 @@ def reference(net: CoordinateMLP, params: dict, h: torch.Tensor) -> torch.Tensor
     return h @ params["output_layer.weight"].T + params["output_layer.bias"]
 
 
-def test_fused_sine_matches_reference_values_and_second_derivatives():
+def test_siren_matches_reference_values_and_second_derivatives():
     torch.manual_seed(0)
     net = CoordinateMLP(2, 1, hidden=32, n_layers=3, activation="sine", omega0=30.0).double()
     params = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
     x = torch.rand(50, 2, dtype=torch.float64) * 2 - 1
-    fused = functional_call(net, params, (x,))
+    out = functional_call(net, params, (x,))
     expected = reference(net, params, x)
-    torch.testing.assert_close(fused, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
     def grad_norm(out):  # a second-order quantity, as in MAML's meta-gradient
         g = torch.autograd.grad(out.square().sum(), list(params.values()), create_graph=True)
         return torch.autograd.grad(sum(t.square().sum() for t in g), list(params.values()))
 
-    for a, b in zip(grad_norm(fused), grad_norm(expected)):
+    for a, b in zip(grad_norm(out), grad_norm(expected)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
@@ -46,7 +47,7 @@ def test_modulated_sine_keeps_the_modulation():
     torch.testing.assert_close(net(x, shift), expected)
 
 
-def test_batched_field_uses_the_fused_layer_per_signal():
+def test_batched_field_matches_reference_per_signal():
     field = build_field("siren", head="grey", hidden=16, n_layers=2)
     batch = field.init_batch(3, seed=0)
     x = torch.rand(3, 10, 2) * 2 - 1
