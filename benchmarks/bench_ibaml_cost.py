@@ -201,13 +201,21 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="SIREN 64 x 3 at 64^2, 1 timed round")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument(
+        "--size", type=int, default=None, help="run only the cell of this image size (32, 64)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reps = args.reps or (1 if args.quick else 3)
     big = (64, 64, 3) if args.quick else (64, 256, 5)
-    cells = [run_cell(32, 64, 3, 8, 0.25, args.steps, reps), run_cell(*big, 4, 0.1, args.steps, reps)]
-    save_results("bench_ibaml_cost" + ("_quick" if args.quick else ""), {"reps": reps, "cells": cells})
+    cells = []
+    for setup in ((32, 64, 3, 8, 0.25), (*big, 4, 0.1)):
+        if args.size and setup[0] != args.size:
+            continue
+        cells.append(run_cell(*setup, args.steps, reps))
+        name = "bench_ibaml_cost" + ("_quick" if args.quick else "") + f"_K{args.steps}"
+        save_results(name, {"reps": reps, "cells": cells})  # after every cell
 
 
 if __name__ == "__main__":
