@@ -66,3 +66,26 @@ def median_seconds(fn: Callable[[], Any], reps: int, device: str = "cpu") -> flo
         if rep:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved_seconds(
+    fns: dict[str, Callable[[], Any]], reps: int, device: str = "cpu", warmup: bool = True
+) -> dict[str, float]:
+    """Median wall time of each ``fns[name]()`` over ``reps`` rounds run A B C, A B C, ...
+
+    One warm-up round first (``warmup=False``: the caller has run each once already). Interleaving
+    exposes every candidate to the same load on a shared machine, so the *ratios* of the medians are
+    meaningful even when absolute times drift.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for rep in range(reps + int(warmup)):
+        for name, fn in fns.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if rep or not warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
