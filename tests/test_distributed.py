@@ -187,7 +187,7 @@ def test_torchrun_train_writes_one_checkpoint_and_resumes(tmp_path):
     run = tmp_path / "run"
     torchrun_train(run, 3)
     files = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert files == ["last.safetensors"]  # rank 0 only, no temporary files left
+    assert files == ["best.safetensors", "last.safetensors"]  # rank 0 only, no temporary files left
     assert read_checkpoint_metadata(run / "checkpoints" / "last.safetensors")["step"] == 3
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 3
     assert len((run / "validation.csv").read_text().splitlines()) == 1 + 1  # step 2, rank 0
