@@ -24,12 +24,18 @@ class LossRising(RuntimeWarning):
 
 @dataclass
 class RisingLoss:
-    """Fires once when the loss EMA stays ``margin`` above its minimum for ``patience`` logs."""
+    """Fires once when the loss EMA stays above its minimum by ``margin`` x a scale for ``patience`` logs.
+
+    The scale is the larger of ``|minimum|`` and the drop achieved so far (first EMA - minimum), so
+    the test means the same for losses that are negative (a Gaussian NLL) or near zero, where a
+    relative margin of the minimum alone would fire on noise.
+    """
 
     decay: float = 0.9
     margin: float = 0.5
     patience: int = 10
     ema: float | None = None
+    first: float | None = None
     minimum: float = math.inf
     above: int = 0
     fired_at: int | None = None
@@ -39,8 +45,10 @@ class RisingLoss:
         if not math.isfinite(loss):
             return False
         self.ema = loss if self.ema is None else self.decay * self.ema + (1 - self.decay) * loss
+        self.first = self.ema if self.first is None else self.first
         self.minimum = min(self.minimum, self.ema)
-        self.above = self.above + 1 if self.ema > (1 + self.margin) * self.minimum else 0
+        scale = max(abs(self.minimum), self.first - self.minimum)
+        self.above = self.above + 1 if self.ema - self.minimum > self.margin * scale > 0 else 0
         if self.above >= self.patience and self.fired_at is None:
             self.fired_at = step
             return True
@@ -49,8 +57,8 @@ class RisingLoss:
     def message(self) -> str:
         return (
             f"meta-training loss rising since about step {self.fired_at}: its moving average "
-            f"{self.ema:.4g} is {self.ema / self.minimum - 1:.0%} above its minimum {self.minimum:.4g} "
-            f"for {self.patience} logs (consider a lower train.lr, train.grad_clip or inner rate)"
+            f"{self.ema:.4g} has stayed above its minimum {self.minimum:.4g} by more than "
+            f"{self.margin:.0%} of the loss scale for {self.patience} logs (consider a lower train.lr, train.grad_clip or inner rate)"
         )
 
 

@@ -123,6 +123,14 @@ def test_rising_loss_fires_once_on_a_sustained_rise_and_not_on_a_noisy_fall():
     monitor = RisingLoss()
     fired = [10 * k for k, v in enumerate(rising) if monitor.update(10 * k, v)]
     assert len(fired) == 1 and 500 < fired[0] < 1200 and monitor.fired_at == fired[0]
+    # a Gaussian NLL that falls below zero and then wanders at its minimum does not fire (a margin
+    # relative to a negative minimum would); one that climbs back by most of its drop does
+    flat = [max(1.0 - k / 20, -0.26) + 0.02 * math.sin(k) for k in range(200)]
+    monitor = RisingLoss()
+    assert not any(monitor.update(k, v) for k, v in enumerate(flat))
+    climbing = flat[:60] + [-0.26 + 1.2 * (k / 100) for k in range(140)]
+    monitor = RisingLoss()
+    assert sum(monitor.update(k, v) for k, v in enumerate(climbing)) == 1
 
 
 def test_training_warns_once_and_marks_the_metrics_when_the_loss_rises(tmp_path):
