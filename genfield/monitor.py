@@ -58,7 +58,8 @@ class RisingLoss:
         return (
             f"meta-training loss rising since about step {self.fired_at}: its moving average "
             f"{self.ema:.4g} has stayed above its minimum {self.minimum:.4g} by more than "
-            f"{self.margin:.0%} of the loss scale for {self.patience} logs (consider a lower train.lr, train.grad_clip or inner rate)"
+            f"{self.margin:.0%} of the loss scale for {self.patience} logs "
+            "(consider a lower train.lr, train.grad_clip or inner rate)"
         )
 
 
