@@ -141,6 +141,8 @@ def coverage_of(prediction, batch, level: float = 0.9) -> float | None:
     mask = get_kind(batch.kind).context_mask(batch)
     if mask is not None:
         mask = ~rearrange(mask.bool(), "s ... -> s (...)")[..., None].to(truth.device)
+        if not bool(mask.any()):  # every pixel observed (context_fraction=1): cover them all
+            mask = None
     return (
         interval_coverage(prediction.mean.detach(), prediction.std.detach(), truth, level, mask).mean().item()
     )

@@ -131,7 +131,7 @@ def interval_coverage(
 
     ``mean``, ``std`` and ``truth`` are ``(S, ...)``; the interval is ``mean +- z std`` with
     ``z = Phi^{-1}((1 + level) / 2) = sqrt(2) erfinv(level)``. ``mask`` (broadcastable to ``truth``,
-    true where a value counts: e.g. the unobserved pixels) restricts the fraction.
+    true where a value counts: e.g. the unobserved pixels) restricts the fraction (NaN where none counts).
     """
     if not 0.0 < level < 1.0:
         raise InputError(f"interval_coverage: level must be in (0, 1), got {level}")
@@ -140,7 +140,7 @@ def interval_coverage(
     z = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)).item()
     inside = ((truth - mean).abs() <= z * std).float()
     weight = torch.ones_like(inside) if mask is None else mask.expand_as(inside).float()
-    return (inside * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
+    return (inside * weight).flatten(1).sum(1) / weight.flatten(1).sum(1)  # NaN where nothing counts
 
 
 def iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
