@@ -1,0 +1,84 @@
+"""The quality benchmark's pieces: interval coverage, the target verdict and a tiny held-out ordering."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy.stats import norm
+
+from benchmarks.bench_quality import CELLS, judge, quality_markdown
+from genfield.comparison import load_group, run_comparison
+from genfield.errors import InputError
+from genfield.metrics import interval_coverage
+
+
+def test_interval_coverage_matches_a_direct_count():
+    gen = torch.Generator().manual_seed(0)
+    mean, std = torch.randn(3, 50, 1, generator=gen), torch.rand(3, 50, 1, generator=gen) + 0.1
+    truth = torch.randn(3, 50, 1, generator=gen)
+    mask = torch.rand(3, 50, 1, generator=gen) > 0.3
+    low, high = norm.interval(0.9, loc=mean.numpy(), scale=std.numpy())
+    inside = (truth.numpy() >= low) & (truth.numpy() <= high)
+    expected = [inside[s][mask[s].numpy()].mean() for s in range(3)]
+    got = interval_coverage(mean, std, truth, 0.9, mask)
+    assert got.tolist() == pytest.approx(expected, abs=1e-6)
+    # Calibrated Gaussian draws: coverage near the level.
+    draws = torch.randn(1, 20000, 1, generator=gen)
+    assert interval_coverage(torch.zeros_like(draws), torch.ones_like(draws), draws).item() == pytest.approx(
+        0.9, abs=0.01
+    )
+    with pytest.raises(InputError, match="level"):
+        interval_coverage(mean, std, truth, 1.5)
+
+
+def _row(method, route, value, setting="s", steps=0, metric="psnr"):
+    return {
+        "method": method,
+        "route": route,
+        "value": value,
+        "setting": setting,
+        "steps": steps,
+        "metric": metric,
+    }
+
+
+def test_table_marks_a_missed_target_as_missed():
+    rows = [
+        _row("maml", "meta", 21.0, "10 steps", 10),
+        _row("biharmonic", "classical", 20.0),
+        _row("gaussian-prior", "classical", 30.0),  # not in the image target's reference set
+        _row("random_init", "baseline", 18.0, "fit 100", 100),
+    ]
+    verdict = judge(rows, CELLS["faces-10"]["target"])
+    assert verdict["margin"] == pytest.approx(1.0) and not verdict["met"]
+    text = quality_markdown([{"cell": "faces-10", "rows": rows}], "t")
+    assert "| faces-10 |" in text and "**missed**" in text and "+1.00 dB" in text
+    rows[0]["value"] = 21.6
+    assert judge(rows, CELLS["faces-10"]["target"])["met"]
+    assert "**missed**" not in quality_markdown([{"cell": "faces-10", "rows": rows}], "t")
+    # CT: above FBP/SART by 1.5 dB but below the linear Gaussian prior is still missed.
+    ct = [
+        _row("ponp", "process", 25.0),
+        _row("fbp", "classical", 20.0),
+        _row("gaussian-prior", "classical", 27.0),
+    ]
+    assert not judge(ct, CELLS["ct-8"]["target"])["met"]
+    # Learned-Initializations: only meta rows at 2 steps against random init at 100 steps.
+    init = [
+        _row("reptile", "meta", 30.0, "10 steps", 10),
+        _row("reptile", "meta", 22.0, "2 steps", 2),
+        _row("random_init", "baseline", 25.0, "fit 100", 100),
+        _row("random_init", "baseline", 15.0, "fit 10", 10),
+    ]
+    verdict = judge(init, CELLS["faces-all"]["target"])
+    assert verdict["margin"] == pytest.approx(-3.0) and not verdict["met"]
+
+
+def test_tiny_learned_method_beats_the_mean_signal_on_held_out_faces(tmp_path):
+    budget = dict(load_group("budget", "tiny"), meta_steps=30, eval_signals=4, adapt_steps=[10])
+    rows = run_comparison(["faces"], ["maml"], "siren", budget, tmp_path, progress=False, device="cpu")
+    learned = max(r.value for r in rows if r.method == "maml" and math.isfinite(r.value))
+    mean = next(r.value for r in rows if r.method == "mean")
+    assert learned > mean
