@@ -53,15 +53,20 @@ optimisation (``tto_steps``, or ``steps=`` at call time) then refines, for each 
 (``tto_params="latent"``) or a per-signal copy of the decoder (``"decoder"``) by Adam on the negative
 log-likelihood of the context measurements only.
 
-Uncertainty under test-time optimisation (``tto_scale``): by default (``"frozen"``) only the mean
-adapts. The predicted std stays the amortised one of the forward pass, ``sigma(x | C)``, both inside
-the TTO objective (a fixed weight of each context residual) and in the prediction. Optimising the
-scale channels on the context too (``"adapted"``) lets the decoder copy shrink ``sigma`` wherever it
-fits the few context points, and the shrinkage spreads to the unobserved points through the shared
-hidden layers: the predictive intervals become overconfident off the context. The amortised
-``sigma(x | C)`` is what meta-training calibrated on held-out target points (the NP objective
-scores the target set, not the context), so it is the one kept; as TTO lowers the error of the
-mean, the frozen intervals err on the conservative side.
+Uncertainty under test-time optimisation (``tto_scale``): TTO fits the few context points, and if
+its objective also sets the predicted std, the decoder copy shrinks ``sigma`` wherever it fits them;
+the shrinkage spreads to the unobserved points through the shared hidden layers and the predictive
+intervals become overconfident off the context. The amortised ``sigma(x | C)`` of the forward pass
+is what meta-training calibrated, on held-out *target* points (the NP objective scores the target
+set, not the context), so predictions after TTO keep it and only the mean adapts:
+
+* ``"nuisance"`` (default): TTO optimises the context NLL with its own scale channels, as before (a
+  heteroscedastic fit that may down-weight context points it cannot fit: the mean is unchanged), but
+  the prediction's std is the forward pass's;
+* ``"frozen"``: the forward pass's std also weights the context residuals inside the TTO objective;
+* ``"adapted"``: the std of the refined decoder (overconfident off the context; for ablations).
+
+As TTO lowers the error of the mean, the kept intervals err on the conservative side.
 
 Bad input: an empty context or a batch of another kind raise :class:`~genfield.errors.InputError`;
 queries of a point map outside ``[-1, 1]^d`` too. A context with more tokens than ``max_tokens`` is
@@ -133,7 +138,7 @@ class ProcessConfig:
     tto_steps: int = 0
     tto_lr: float = 1e-2
     tto_params: str = "latent"  # "latent" | "decoder"
-    tto_scale: str = "frozen"  # "frozen" | "adapted": whether TTO may change the predicted std
+    tto_scale: str = "nuisance"  # "frozen" | "nuisance" | "adapted": the std under TTO (module docstring)
     query_chunk: int = 8192
 
 
@@ -224,7 +229,7 @@ class NeuralProcess(Reconstructor):
             "conditioning": (config.conditioning, ("shift", "film", "weights")),
             "likelihood": (config.likelihood, ("auto", "gaussian", "bernoulli")),
             "tto_params": (config.tto_params, ("latent", "decoder")),
-            "tto_scale": (config.tto_scale, ("frozen", "adapted")),
+            "tto_scale": (config.tto_scale, ("frozen", "nuisance", "adapted")),
         }
         for key, (value, valid) in checks.items():
             if value not in valid:
@@ -586,7 +591,7 @@ class NeuralProcess(Reconstructor):
         cond = self.condition(context, z, forward_map=context_map)
         steps = self.config.tto_steps if steps is None else steps
         refined = self.refine(cond, context, context_map, k, steps)
-        frozen = steps > 0 and self.gaussian and self.config.tto_scale == "frozen"
+        frozen = steps > 0 and self.gaussian and self.config.tto_scale != "adapted"
         return ConditionedProcess(self, refined, k, scale_cond=cond if frozen else None)
 
 
