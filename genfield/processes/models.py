@@ -53,6 +53,21 @@ optimisation (``tto_steps``, or ``steps=`` at call time) then refines, for each 
 (``tto_params="latent"``) or a per-signal copy of the decoder (``"decoder"``) by Adam on the negative
 log-likelihood of the context measurements only.
 
+Uncertainty under test-time optimisation (``tto_scale``): TTO fits the few context points, and if
+its objective also sets the predicted std, the decoder copy shrinks ``sigma`` wherever it fits them;
+the shrinkage spreads to the unobserved points through the shared hidden layers and the predictive
+intervals become overconfident off the context. The amortised ``sigma(x | C)`` of the forward pass
+is what meta-training calibrated, on held-out *target* points (the NP objective scores the target
+set, not the context), so predictions after TTO keep it and only the mean adapts:
+
+* ``"nuisance"`` (default): TTO optimises the context NLL with its own scale channels, as before (a
+  heteroscedastic fit that may down-weight context points it cannot fit: the mean is unchanged), but
+  the prediction's std is the forward pass's;
+* ``"frozen"``: the forward pass's std also weights the context residuals inside the TTO objective;
+* ``"adapted"``: the std of the refined decoder (overconfident off the context; for ablations).
+
+As TTO lowers the error of the mean, the kept intervals err on the conservative side.
+
 Bad input: an empty context or a batch of another kind raise :class:`~genfield.errors.InputError`;
 queries of a point map outside ``[-1, 1]^d`` too. A context with more tokens than ``max_tokens`` is
 subsampled to ``max_tokens`` evenly spaced tokens with a warning (deterministic). Non-finite losses
@@ -123,6 +138,7 @@ class ProcessConfig:
     tto_steps: int = 0
     tto_lr: float = 1e-2
     tto_params: str = "latent"  # "latent" | "decoder"
+    tto_scale: str = "nuisance"  # "frozen" | "nuisance" | "adapted": the std under TTO (module docstring)
     query_chunk: int = 8192
 
 
@@ -213,6 +229,7 @@ class NeuralProcess(Reconstructor):
             "conditioning": (config.conditioning, ("shift", "film", "weights")),
             "likelihood": (config.likelihood, ("auto", "gaussian", "bernoulli")),
             "tto_params": (config.tto_params, ("latent", "decoder")),
+            "tto_scale": (config.tto_scale, ("frozen", "nuisance", "adapted")),
         }
         for key, (value, valid) in checks.items():
             if value not in valid:
@@ -376,10 +393,19 @@ class NeuralProcess(Reconstructor):
         return mean, std
 
     def log_likelihood(
-        self, cond: Conditioning, obs: Observations, forward_map: ForwardMap, k: int
+        self,
+        cond: Conditioning,
+        obs: Observations,
+        forward_map: ForwardMap,
+        k: int,
+        std: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``log p(y_n | draw)`` ``(K, S, N)`` and the squared error of the mean ``(K, S, N)``."""
-        mean, std = self.predict_observations(cond, obs.queries, forward_map, k)
+        """``log p(y_n | draw)`` ``(K, S, N)`` and the squared error of the mean ``(K, S, N)``.
+
+        ``std`` ``(K, S, N, c)``, if given, replaces the decoded scale (the frozen scale of TTO).
+        """
+        mean, decoded_std = self.predict_observations(cond, obs.queries, forward_map, k)
+        std = decoded_std if std is None else std
         y = obs.values
         if self.gaussian:
             log_prob = gaussian_log_prob(mean, std, y)
@@ -511,10 +537,13 @@ class NeuralProcess(Reconstructor):
             variables = list(params.values())
         local = None if cond.local is None else cond.local.detach()
         refined = Conditioning(params, code, tokens, local)
+        scale = None
+        if self.config.tto_scale == "frozen" and self.gaussian:
+            scale = self.predict_observations(cond, context.queries, context_map, k)[1].detach()
         optimizer = torch.optim.Adam(variables, lr=self.config.tto_lr)
         with torch.enable_grad():
             for _ in range(steps):
-                log_prob, _ = self.log_likelihood(refined, context, context_map, k)
+                log_prob, _ = self.log_likelihood(refined, context, context_map, k, std=scale)
                 optimizer.zero_grad(set_to_none=True)
                 (-log_prob.sum()).backward()
                 optimizer.step()
@@ -560,15 +589,23 @@ class NeuralProcess(Reconstructor):
         k = num_samples if self.latent is not None else 1
         z = self.latent_prior(context).sample((k,)) if self.latent is not None else None
         cond = self.condition(context, z, forward_map=context_map)
-        cond = self.refine(cond, context, context_map, k, self.config.tto_steps if steps is None else steps)
-        return ConditionedProcess(self, cond, k)
+        steps = self.config.tto_steps if steps is None else steps
+        refined = self.refine(cond, context, context_map, k, steps)
+        frozen = steps > 0 and self.gaussian and self.config.tto_scale != "adapted"
+        return ConditionedProcess(self, refined, k, scale_cond=cond if frozen else None)
 
 
 class ConditionedProcess(Adapted):
-    """A neural process's conditioning (``K`` draws, refined): predictions reuse the same draws."""
+    """A neural process's conditioning (``K`` draws, refined): predictions reuse the same draws.
 
-    def __init__(self, process: NeuralProcess, cond: Conditioning, k: int) -> None:
-        self.process, self.cond, self.k = process, cond, k
+    ``scale_cond``, if given, is the unrefined conditioning whose decoded std the predictions use
+    (``tto_scale="frozen"``): the mean comes from ``cond``, the std from the forward pass.
+    """
+
+    def __init__(
+        self, process: NeuralProcess, cond: Conditioning, k: int, scale_cond: Conditioning | None = None
+    ) -> None:
+        self.process, self.cond, self.k, self.scale_cond = process, cond, k, scale_cond
 
     @torch.no_grad()
     def predict(self, queries: torch.Tensor, query_map: ForwardMap, *, variance: bool = True) -> Prediction:
@@ -578,6 +615,8 @@ class ConditionedProcess(Adapted):
         means, stds = [], []
         for chunk in queries.split(process.config.query_chunk, dim=1):
             mean, std = process.predict_observations(self.cond, chunk, query_map, self.k)
+            if variance and self.scale_cond is not None:
+                std = process.predict_observations(self.scale_cond, chunk, query_map, self.k)[1]
             means.append(mean)
             stds.append(std)
         mean = torch.cat(means, dim=2)  # (K, S, M, c)
