@@ -104,7 +104,7 @@ def run_comparison(
         field_cfg = load_group("field", field, {"options": dict(field_overrides or {})})
         for factory in spec.baselines:
             rows.append(_baseline_row(data_name, spec, factory(), bundle, test_batch, torch_device))
-        predictions = {}
+        predictions, trained = {}, {}
         for method_name in methods:
             method_cfg = load_group("method", method_name, method_overrides.get(method_name))
             torch.manual_seed(seed)
@@ -144,7 +144,8 @@ def run_comparison(
                     )
                 )
             predictions[method_name] = evaluation.prediction  # at the method's largest budget
-        write_figures(out / data_name, test_batch, predictions)
+            trained[method_name] = method
+        write_figures(out / data_name, test_batch, predictions, methods=trained)  # shapes: meshes
     write_results(out, rows)
     return rows
 

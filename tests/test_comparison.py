@@ -29,3 +29,23 @@ def test_verdict_names_the_winner_and_the_margin():
     rows[2] = _row("faces", "maml", "meta", "5 steps", 18.0)
     assert "maml (10 steps) 19.50 dB" in verdict(rows) and "the reference wins by 1.11 dB" in verdict(rows)
     assert verdict(rows).splitlines()[0] in results_markdown(rows)
+
+
+def test_compare_on_shapes_writes_each_methods_mesh(tmp_path):
+    from genfield.comparison import load_group, run_comparison
+
+    budget = {**load_group("budget", "tiny"), "random_init_steps": 2}
+    rows = run_comparison(
+        ["shapes"],
+        ["fomaml"],
+        "siren",
+        budget,
+        tmp_path,
+        device="cpu",
+        data_overrides={"shapes": {"n_signals": 8, "eval_signals": 2}},
+        field_overrides={"hidden": 16, "n_layers": 2},
+        progress=False,
+    )
+    assert {r.route for r in rows} == {"classical", "meta"}
+    written = {p.name for p in (tmp_path / "shapes").iterdir()}
+    assert {"mesh_fomaml.ply", "mesh_fomaml.png"} <= written or "mesh_fomaml.txt" in written
