@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import OmegaConf
@@ -35,9 +35,12 @@ from genfield.builders import build_data, build_field_for, build_method
 from genfield.datasets.sampling import StepBatches
 from genfield.errors import InputError
 from genfield.evaluation import evaluate
-from genfield.kinds import Baseline, KindSpec, get_kind
+from genfield.kinds import KindSpec, get_kind
 from genfield.profiling import measure
 from genfield.training import TrainConfig, resolve_device, train
+
+if TYPE_CHECKING:
+    from genfield.classical.base import Baseline
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 

@@ -7,9 +7,9 @@ registered with :func:`register_kind`, plus its data yaml files.
 """
 
 from genfield.kinds.base import (
-    Baseline,
     DataBundle,
     KindSpec,
+    classical,
     get_kind,
     kind_names,
     options_for_kind,
@@ -29,13 +29,13 @@ KINDS: tuple[str, ...] = kind_names()
 
 __all__ = [
     "KINDS",
-    "Baseline",
     "CTKind",
     "DataBundle",
     "ImageKind",
     "KindSpec",
     "ShapeKind",
     "ViewsKind",
+    "classical",
     "get_kind",
     "kind_names",
     "options_for_kind",

@@ -20,15 +20,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Subset
 
-from genfield.classical.base import Baseline
 from genfield.datasets.batch import SignalBatch
 from genfield.errors import InputError, unknown_name
 from genfield.interface import Prediction
+
+if TYPE_CHECKING:  # the baselines import scikit-image and SciPy: only when one is built
+    from genfield.classical.base import Baseline
 
 
 @dataclass
@@ -58,6 +60,20 @@ class DataBundle:
         count = min(count or self.eval_signals, len(dataset))
         signals = [dataset[i] for i in range(count)]
         return self.eval_split(signals, seeded_generator(seed, 7919))
+
+
+def classical(name: str, **options: Any) -> Callable[[], Baseline]:
+    """A factory of the classical baseline registered as ``name`` in :mod:`genfield.classical`,
+    imported when the baseline is built rather than with the kind (that package loads scikit-image
+    and SciPy)."""
+
+    def build() -> Baseline:
+        from genfield.classical import build_baseline
+
+        return build_baseline(name, **options)
+
+    build.__name__ = build.__qualname__ = f"classical_{name}"
+    return build
 
 
 class KindSpec:

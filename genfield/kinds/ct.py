@@ -18,11 +18,17 @@ from typing import Any
 
 import torch
 
-from genfield.classical import FBP, SART, GaussianPrior, MeanSignal
-from genfield.classical.ct import context_sinograms, fbp_images
 from genfield.datasets.batch import SignalBatch
 from genfield.interface import Prediction
-from genfield.kinds.base import DataBundle, KindSpec, make_bundle, option, require_folder, three_way
+from genfield.kinds.base import (
+    DataBundle,
+    KindSpec,
+    classical,
+    make_bundle,
+    option,
+    require_folder,
+    three_way,
+)
 from genfield.kinds.image import image_scores, pixel_queries, prediction_images
 
 
@@ -32,7 +38,7 @@ class CTKind(KindSpec):
     metric = "psnr"
     tokenizer = "projections"
     process_defaults = MappingProxyType({"ponp": {"local_features": True, "context_subsample": (1, 20)}})
-    baselines = (GaussianPrior, SART, FBP, MeanSignal)
+    baselines = (classical("gaussian-prior"), classical("sart"), classical("fbp"), classical("mean"))
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
         return "attenuation"
@@ -69,6 +75,7 @@ class CTKind(KindSpec):
         field_fns: Mapping[str, Callable] | None = None,
         methods: Mapping[str, Any] | None = None,
     ) -> list[Path]:
+        from genfield.classical.ct import context_sinograms, fbp_images
         from genfield.viz.figures import ct_figure
 
         truth, fbp, sinograms = batch.ground_truth, fbp_images(batch), context_sinograms(batch)[0]

@@ -16,13 +16,20 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from genfield.classical import Biharmonic, GaussianPrior, MeanSignal
 from genfield.datasets.batch import SignalBatch
 from genfield.datasets.images import context_mask
 from genfield.fields.coords import grid_coords
 from genfield.forward import PointMap
 from genfield.interface import Prediction
-from genfield.kinds.base import DataBundle, KindSpec, make_bundle, option, require_folder, three_way
+from genfield.kinds.base import (
+    DataBundle,
+    KindSpec,
+    classical,
+    make_bundle,
+    option,
+    require_folder,
+    three_way,
+)
 
 
 def as_images(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -62,7 +69,7 @@ class ImageKind(KindSpec):
     in_dim = 2
     metric = "psnr"
     tokenizer = "points"
-    baselines = (Biharmonic, GaussianPrior, MeanSignal)
+    baselines = (classical("biharmonic"), classical("gaussian-prior"), classical("mean"))
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
         return "grey" if channels == 1 else "rgb"

@@ -9,18 +9,24 @@ domain: one a caller gives, or the method's ``reconstruct`` adapted to the first
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from genfield.classical import RBF, MeanShape, Nearest
 from genfield.datasets.batch import SignalBatch
 from genfield.forward import PointMap
 from genfield.interface import Prediction
-from genfield.kinds.base import DataBundle, KindSpec, make_bundle, option, require_folder, three_way
+from genfield.kinds.base import (
+    DataBundle,
+    KindSpec,
+    classical,
+    make_bundle,
+    option,
+    require_folder,
+    three_way,
+)
 
 #: The surface of each target: signed distance 0, occupancy probability 0.5.
 SURFACE_LEVEL = {"sdf": 0.0, "occupancy": 0.5}
@@ -51,7 +57,7 @@ class ShapeKind(KindSpec):
     metric = "iou"
     tokenizer = "points"
     #: the mean shape from at most 32 training shapes: its cost is reading them
-    baselines = (RBF, Nearest, functools.partial(MeanShape, max_shapes=32))
+    baselines = (classical("rbf"), classical("nearest"), classical("mean-shape", max_shapes=32))
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
         return str(option(cfg, "target", "occupancy"))

@@ -14,10 +14,17 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from genfield.classical import NearestView
 from genfield.datasets.batch import SignalBatch
 from genfield.interface import Prediction
-from genfield.kinds.base import DataBundle, KindSpec, make_bundle, option, require_folder, three_way
+from genfield.kinds.base import (
+    DataBundle,
+    KindSpec,
+    classical,
+    make_bundle,
+    option,
+    require_folder,
+    three_way,
+)
 
 
 class ViewsKind(KindSpec):
@@ -25,7 +32,7 @@ class ViewsKind(KindSpec):
     in_dim = 3
     metric = "psnr"
     tokenizer = "patches"
-    baselines = (NearestView,)
+    baselines = (classical("nearest-view"),)
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
         return "radiance"
