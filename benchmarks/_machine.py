@@ -55,17 +55,7 @@ def save_results(name: str, results: Any, device: str = "cpu") -> Path:
 
 def median_seconds(fn: Callable[[], Any], reps: int, device: str = "cpu") -> float:
     """Median wall time of ``fn()`` over ``reps`` runs after one warm-up run (CUDA synchronised)."""
-    times = []
-    for rep in range(reps + 1):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if rep:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return interleaved_seconds({"fn": fn}, reps, device)["fn"]
 
 
 def interleaved_seconds(
