@@ -14,7 +14,10 @@ graph for (ii)-(iii).
 Learning rates are a float, or a dict of tensors broadcastable against each parameter (Meta-SGD,
 Li et al. 2017: ``phi <- phi - alpha (.) grad``, ``alpha`` learned by the outer loop). An optional
 ``precondition(params, grads) -> grads`` rescales the gradient before the optimizer's update
-(iBaML's variance-preconditioned steps); it changes the path, not the stationary points.
+(iBaML's variance-preconditioned steps); it changes the path, not the stationary points. An
+optional ``gradient(params) -> grads`` replaces autograd of ``objective`` in first-order loops, for
+objectives whose gradient is cheaper in closed form around one autograd call (iBaML's free energy:
+the KL and the reparameterisation have analytic derivatives).
 
 Non-finite values. An optional :class:`InnerHealth` accumulates, on the device, one flag per signal:
 "every gradient and iterate of this signal stayed finite". Nothing is read back inside the loop; the
@@ -86,6 +89,7 @@ def inner_loop(
     eps: float = 1e-8,
     precondition: Callable[[Tree, Tree], Tree] | None = None,
     health: InnerHealth | None = None,
+    gradient: Callable[[Tree], Tree] | None = None,
 ) -> Tree:
     """Minimise ``objective`` (a scalar: the sum over signals) for ``steps`` steps from ``init``.
 
@@ -93,20 +97,27 @@ def inner_loop(
     detached (nothing of the trajectory is kept). With ``create_graph=True`` the returned tensors
     are differentiable functions of ``init`` and of tensor learning rates (backprop through K).
     ``health`` (optional) accumulates per-signal finiteness of every step's gradients and of the
-    final iterate.
+    final iterate. ``gradient`` (first order only) returns ``grad objective`` at detached ``params``.
     """
+    if gradient is not None and create_graph:
+        raise ValueError("inner_loop: a closed-form gradient cannot be backpropagated through")
     if optimizer not in INNER_OPTIMIZERS:
         raise unknown_name("inner optimizer", optimizer, INNER_OPTIMIZERS)
     rates = lr if isinstance(lr, dict) else dict.fromkeys(init, lr)
-    params = dict(init) if create_graph else leaves(init)
+    params = dict(init) if create_graph or gradient is not None else leaves(init)
     first = {k: torch.zeros_like(v) for k, v in params.items()}
     second = {k: torch.zeros_like(v) for k, v in params.items()}
     for step in range(1, steps + 1):
-        with torch.enable_grad():
-            if not create_graph:
-                params = leaves(params)
-            grads = torch.autograd.grad(objective(params), list(params.values()), create_graph=create_graph)
-        grads = dict(zip(params, grads))
+        if gradient is not None:
+            grads = gradient(params)
+        else:
+            with torch.enable_grad():
+                if not create_graph:
+                    params = leaves(params)
+                grads = torch.autograd.grad(
+                    objective(params), list(params.values()), create_graph=create_graph
+                )
+            grads = dict(zip(params, grads))
         if health is not None:
             health.record(grads)
         with torch.set_grad_enabled(create_graph):
