@@ -125,6 +125,8 @@ NOISE_GRADIENTS = ("direct", "implicit")
 PREDICTIVES = ("laplace", "mean_field")
 #: Inner updates of the posterior log-variance: the damped closed-form fixed point, or the optimizer's.
 LOGVAR_STEPS = ("fixed_point", "optimizer")
+#: The inner gradient of the free energy: closed form around the field's backward, or autograd of all.
+INNER_GRADIENTS = ("closed_form", "autograd")
 #: Adam's moment decays and denominator guard in the inner loop (as :func:`inner_loop`'s defaults).
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
@@ -164,7 +166,9 @@ class IBaML(MetaLearner):
     ``posterior``; the last needs SGD), ``relative_prior``, ``predictive`` (``laplace`` or
     ``mean_field``, see the module docstring), ``noise_gradient`` (``direct`` or ``implicit``),
     ``logvar_step`` (``fixed_point``: the damped closed-form update of ``rho`` whatever the mean's
-    optimizer, ``inner_lr_logvar`` its damping; ``optimizer``: ``rho`` stepped like ``mu``).
+    optimizer, ``inner_lr_logvar`` its damping; ``optimizer``: ``rho`` stepped like ``mu``),
+    ``inner_gradient`` (``closed_form``: :meth:`free_energy_gradient`; ``autograd``: the same
+    numbers by autograd of :meth:`free_energy`, the reference it is checked and timed against).
     """
 
     name = "ibaml"
@@ -196,6 +200,7 @@ class IBaML(MetaLearner):
         predictive: str = "laplace",
         noise_gradient: str = "direct",
         logvar_step: str = "fixed_point",
+        inner_gradient: str = "closed_form",
         **options,
     ) -> None:
         if options.pop("meta_sgd", False):
@@ -217,6 +222,9 @@ class IBaML(MetaLearner):
             raise unknown_name("noise_gradient", noise_gradient, NOISE_GRADIENTS)
         if logvar_step not in LOGVAR_STEPS:
             raise unknown_name("logvar_step", logvar_step, LOGVAR_STEPS)
+        if inner_gradient not in INNER_GRADIENTS:
+            raise unknown_name("inner_gradient", inner_gradient, INNER_GRADIENTS)
+        self.inner_gradient = inner_gradient
         self.predictive, self.noise_gradient, self.logvar_step = predictive, noise_gradient, logvar_step
         if logvar_step == "fixed_point" and inner_lr_logvar is not None and not 0 < inner_lr_logvar < 2:
             raise InputError(
@@ -465,6 +473,8 @@ class IBaML(MetaLearner):
                 m, l = ({k: t.detach() for k, t in d.items()} for d in (m, l))
             init = _join(expand_signals(m, S), expand_signals(l, S))
         rates = self._mean_rates(create_graph)
+        if noise is None and self.noise_seed is not None:  # every seeded draw is this one: draw it once
+            noise = self.draw_noise(S)
 
         def objective(v: Tree) -> torch.Tensor:
             eps = self.draw_noise(S) if noise is None else noise
@@ -482,7 +492,8 @@ class IBaML(MetaLearner):
             optimizer, precondition = "sgd", self._fixed_point_hook(create_graph)
         return inner_loop(
             objective, init, steps, rates, optimizer, create_graph=create_graph,
-            precondition=precondition, gradient=None if create_graph else gradient,
+            precondition=precondition,
+            gradient=gradient if self.inner_gradient == "closed_form" and not create_graph else None,
         )
 
     def _fixed_point_hook(self, create_graph: bool):
