@@ -326,14 +326,18 @@ class IBaML(MetaLearner):
         self, v: Tree, noise: Tree, queries: torch.Tensor, forward_map: ForwardMap
     ) -> torch.Tensor:
         """Observations ``(M, S, N, c)`` of the ``M`` reparameterised draws of every signal."""
-        mu, rho = _split(v)
         draws = len(next(iter(noise.values())))
-        phi = {
-            k: rearrange(reparameterise(mu[k], rho[k], noise[k]), "m s ... -> (m s) ...")
-            for k in mu
-        }
         queries = repeat(queries, "s ... -> (m s) ...", m=draws)
-        return rearrange(self.observe(phi, queries, forward_map), "(m s) ... -> m s ...", m=draws)
+        pred = self.observe(self.draws(v, noise), queries, forward_map)
+        return rearrange(pred, "(m s) ... -> m s ...", m=draws)
+
+    def draws(self, v: Tree, noise: Tree) -> Tree:
+        """The reparameterised weights ``mu + e^{rho/2} eps`` of the ``M`` draws of every signal,
+        ``{name: (M S, ...)}`` (draw-major: one batch the field evaluates in one vmapped call)."""
+        mu, rho = _split(v)
+        return {
+            k: rearrange(reparameterise(mu[k], rho[k], noise[k]), "m s ... -> (m s) ...") for k in mu
+        }
 
     def expected_nll(
         self, v: Tree, noise: Tree, obs: Observations, forward_map: ForwardMap
@@ -379,11 +383,7 @@ class IBaML(MetaLearner):
         m, l = self.prior()
         draws = len(next(iter(noise.values())))
         with torch.no_grad():
-            scale = {k: torch.exp(0.5 * t) for k, t in rho.items()}
-            phi = {
-                k: rearrange(mu[k] + scale[k] * noise[k], "m s ... -> (m s) ...").requires_grad_(True)
-                for k in mu
-            }
+            phi = {k: t.requires_grad_(True) for k, t in self.draws(v, noise).items()}
             queries = repeat(context.queries, "s ... -> (m s) ...", m=draws)
         with torch.enable_grad():
             pred = rearrange(self.observe(phi, queries, forward_map), "(m s) ... -> m s ...", m=draws)
@@ -395,7 +395,7 @@ class IBaML(MetaLearner):
                 g = rearrange(g, "(m s) ... -> m s ...", m=draws)
                 mean_kl, logvar_kl = kl_gradient(mu[k], rho[k], m[k].detach(), l[k].detach())
                 out[f"mu/{k}"] = g.sum(0) + mean_kl
-                out[f"rho/{k}"] = 0.5 * scale[k] * (noise[k] * g).sum(0) + logvar_kl
+                out[f"rho/{k}"] = 0.5 * torch.exp(0.5 * rho[k]) * (noise[k] * g).sum(0) + logvar_kl
         return {k: out[k] for k in v}
 
     def target_loss(self, v: Tree, noise: Tree, target: Observations, forward_map) -> torch.Tensor:
