@@ -291,6 +291,7 @@ def main() -> None:
             continue
         cells.append(run_cell(*setup, args.steps, reps))
         name = "bench_ibaml_cost" + ("_quick" if args.quick else "") + f"_K{args.steps}"
+        name += f"_size{args.size}" if args.size else ""  # one cell: do not overwrite the others
         save_results(name, {"reps": reps, "cells": cells})  # after every cell
 
 
