@@ -221,7 +221,7 @@ def breakdown(learner, batch, reps: int) -> dict:
     return out
 
 
-def run_cell(size, hidden, n_layers, signals, context, steps, reps) -> dict:
+def run_cell(size, hidden, n_layers, signals, context, steps, reps, twin: bool = True) -> dict:
     faces = list(builtin_faces("train", size=size))[:signals]
     batch = ImageSplit(context_fraction=context)(faces, torch.Generator().manual_seed(0))
     field = build_field("siren", head="grey", hidden=hidden, n_layers=n_layers)
@@ -239,14 +239,17 @@ def run_cell(size, hidden, n_layers, signals, context, steps, reps) -> dict:
         "mc_samples": ibaml.mc_samples,
     }
     keys = [k for k in ibaml.meta_parameters() if k.startswith("prior_")]
-    a, b = flat(implicit(ibaml, batch), keys), flat(explicit_twin(ibaml, batch), keys)
-    row["implicit_vs_explicit_cosine"] = (a @ b / (a.norm() * b.norm())).item()
+    if twin:
+        a, b = flat(implicit(ibaml, batch), keys), flat(explicit_twin(ibaml, batch), keys)
+        row["implicit_vs_explicit_cosine"] = (a @ b / (a.norm() * b.norm())).item()
     fns = {
         "ibaml": lambda: implicit(ibaml, batch),
         "ibaml_autograd_inner": lambda: implicit(before, batch),
         "explicit_twin": lambda: explicit_twin(ibaml, batch),
         "maml": lambda: maml.meta_gradient(batch),
     }
+    if not twin:
+        del fns["explicit_twin"]
     memory = {}
     for name, fn in fns.items():  # also the warm-up of the interleaved timing below
         with measure() as cost:
@@ -256,13 +259,14 @@ def run_cell(size, hidden, n_layers, signals, context, steps, reps) -> dict:
     seconds = interleaved_seconds(fns, reps, warmup=False)
     row["seconds"] = seconds
     row["ratios"] = {
-        "ibaml_over_explicit_twin_time": seconds["ibaml"] / seconds["explicit_twin"],
         "ibaml_over_maml_time": seconds["ibaml"] / seconds["maml"],
         "ibaml_over_ibaml_autograd_inner_time": seconds["ibaml"] / seconds["ibaml_autograd_inner"],
         "ibaml_autograd_inner_over_maml_time": seconds["ibaml_autograd_inner"] / seconds["maml"],
-        "ibaml_over_explicit_twin_memory": memory["ibaml"] / memory["explicit_twin"],
         "ibaml_over_maml_memory": memory["ibaml"] / memory["maml"],
     }
+    if twin:
+        row["ratios"]["ibaml_over_explicit_twin_time"] = seconds["ibaml"] / seconds["explicit_twin"]
+        row["ratios"]["ibaml_over_explicit_twin_memory"] = memory["ibaml"] / memory["explicit_twin"]
     print({k: row[k] for k in ("image", "seconds", "peak_mib", "ratios")}, flush=True)
     ibaml.inner_steps = BREAKDOWN_STEPS  # per-step costs do not depend on K
     row["breakdown"] = breakdown(ibaml, batch, reps)
@@ -281,6 +285,9 @@ def main() -> None:
         "--size", type=int, default=None, help="run only the cell of this image size (32, 64)"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--no-twin", action="store_true", help="time iBaML and MAML only (more reps in the same time)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reps = args.reps or (1 if args.quick else 3)
@@ -289,9 +296,10 @@ def main() -> None:
     for setup in ((32, 64, 3, 8, 0.25), (*big, 4, 0.1)):
         if args.size and setup[0] != args.size:
             continue
-        cells.append(run_cell(*setup, args.steps, reps))
+        cells.append(run_cell(*setup, args.steps, reps, twin=not args.no_twin))
         name = "bench_ibaml_cost" + ("_quick" if args.quick else "") + f"_K{args.steps}"
         name += f"_size{args.size}" if args.size else ""  # one cell: do not overwrite the others
+        name += f"_reps{reps}_notwin" if args.no_twin else ""
         save_results(name, {"reps": reps, "cells": cells})  # after every cell
 
 
