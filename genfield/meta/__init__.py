@@ -26,6 +26,7 @@ predictive with posterior correlations), :mod:`.learner` (base class).
 from __future__ import annotations
 
 import inspect
+from dataclasses import fields
 from typing import Any
 
 from genfield.errors import InputError, unknown_name
@@ -46,12 +47,16 @@ ESTIMATORS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {
 
 
 def _accepted_options(cls: type) -> set[str]:
+    """Keyword-only arguments of the constructors in ``cls``'s MRO, and the fields of the option
+    dataclass a learner names as ``config_class`` (iBaML's :class:`~genfield.meta.ibaml.IBaMLConfig`)."""
     names: set[str] = set()
     for klass in cls.__mro__:
         if "__init__" in vars(klass):
             params = inspect.signature(klass.__init__).parameters.values()
             names |= {p.name for p in params if p.kind == p.KEYWORD_ONLY}
-    return names
+        if "config_class" in vars(klass):
+            names |= {f.name for f in fields(klass.config_class)}
+    return names - {"config"}
 
 
 def build_meta_learner(
