@@ -6,9 +6,11 @@ are taken *per signal*: :func:`tree_dot` returns an ``(S,)`` tensor, and per-sig
 broadcast back over a parameter's trailing dimensions with :func:`per_signal`.
 
 Several such dicts with distinct roles travel together in a typed container (iBaML's posterior
-``Posterior(mu, rho)``, a ``NamedTuple``): every function here works on any pytree of tensors
-(``torch.utils._pytree``: dicts, tuples, named tuples), matching leaves by position in the
-structure, so the role of a dict is its field in the container, never a prefix of its keys.
+``Posterior(mu, rho)``, a ``NamedTuple``): every function here works on any nesting of dicts,
+tuples and named tuples of tensors, matching dicts by key and tuples by position, so the role of
+a dict is its field in the container, never a prefix of its keys. (Plain recursion rather than
+``torch.utils._pytree``, whose general machinery costs more per call than a small field's
+tensor operations in the inner loop and CG.)
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.utils import _pytree as pytree
 
 Tree = dict[str, torch.Tensor]
 #: A :data:`Tree` or a container (tuple, named tuple, dict) of them.
@@ -29,25 +30,40 @@ def per_signal(scalar: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return scalar.reshape(scalar.shape + (1,) * (like.dim() - scalar.dim()))
 
 
-def tree_leaves(tree: Params) -> list[torch.Tensor]:
-    """The tensors of ``tree`` in its flattening order (a container's fields, a dict's keys)."""
-    return pytree.tree_leaves(tree)
+def tree_map(fn: Callable[..., Any], tree: Params, *rest: Params) -> Params:
+    """Apply ``fn`` leaf by leaf to one or more trees of the same structure (dicts matched by key,
+    tuples and named tuples by position); the result has ``tree``'s structure."""
+    if isinstance(tree, tuple):
+        mapped = [tree_map(fn, v, *[r[i] for r in rest]) for i, v in enumerate(tree)]
+        return type(tree)(*mapped) if hasattr(tree, "_fields") else tuple(mapped)
+    if not isinstance(tree, dict):
+        return fn(tree, *rest)
+    out = {}
+    for k, v in tree.items():
+        args = [r[k] for r in rest]
+        out[k] = tree_map(fn, v, *args) if isinstance(v, (dict, tuple)) else fn(v, *args)
+    return out
 
 
-def tree_leaves_like(tree: Params, like: Params) -> list[torch.Tensor]:
-    """The tensors of ``tree`` in the flattening order of ``like`` (same structure, a dict's keys
+def tree_leaves(tree: Params) -> list[Any]:
+    """The leaves of ``tree`` in its flattening order (a container's fields, a dict's keys)."""
+    if isinstance(tree, dict):
+        return [leaf for v in tree.values() for leaf in tree_leaves(v)]
+    if isinstance(tree, tuple):
+        return [leaf for v in tree for leaf in tree_leaves(v)]
+    return [tree]
+
+
+def tree_leaves_like(tree: Params, like: Params) -> list[Any]:
+    """The leaves of ``tree`` in the flattening order of ``like`` (same structure, a dict's keys
     possibly in another order)."""
     return tree_leaves(tree_map(lambda _, x: x, like, tree))
 
 
-def tree_unflatten(values: Sequence[torch.Tensor], like: Params) -> Params:
+def tree_unflatten(values: Sequence[Any], like: Params) -> Params:
     """``values`` (in :func:`tree_leaves` order of ``like``) put back into ``like``'s structure."""
-    return pytree.tree_unflatten(list(values), pytree.tree_structure(like))
-
-
-def tree_map(fn: Callable[..., torch.Tensor], tree: Params, *rest: Params) -> Params:
-    """Apply ``fn`` leaf by leaf to one or more trees of the same structure."""
-    return pytree.tree_map(fn, tree, *rest)
+    it = iter(values)
+    return tree_map(lambda _: next(it), like)
 
 
 def tree_dot(a: Params, b: Params) -> torch.Tensor:
