@@ -17,10 +17,13 @@ Build a learner by name for a field and use it from a notebook::
 Training is the lead's generic trainer: ``learner.compute_gradients(batch)`` fills ``.grad`` of
 ``learner.parameters()`` (an Adam step follows); skipped meta-steps write nothing.
 
-Modules: :mod:`.inner` (batched inner loop, Meta-SGD), :mod:`.cg` (batched conjugate gradient),
-:mod:`.likelihood` (Gaussian NLL, MSE), :mod:`.bayes` (diagonal Gaussians, KL and its derivatives),
-:mod:`.explicit` (MAML, FOMAML, Reptile), :mod:`.imaml`, :mod:`.ibaml`, :mod:`.laplace` (iBaML's
-predictive with posterior correlations), :mod:`.learner` (base class).
+Modules: :mod:`.tree` (parameter trees and containers of them), :mod:`.inner` (batched inner loop,
+Meta-SGD), :mod:`.cg` (batched conjugate gradient), :mod:`.implicit` (the implicit meta-gradient:
+stationarity, curvature, diagonal, cross terms, one CG solve), :mod:`.likelihood` (Gaussian NLL,
+MSE), :mod:`.bayes` (diagonal Gaussians, ``Posterior``/``Prior``, KL and its derivatives),
+:mod:`.explicit` (MAML, FOMAML, Reptile), :mod:`.imaml`, :mod:`.ibaml` (options:
+:mod:`.ibaml_config`), :mod:`.laplace` (iBaML's predictive with posterior correlations),
+:mod:`.learner` (base class).
 """
 
 from __future__ import annotations

@@ -74,7 +74,11 @@ smaller sigma fits the context harder": on 64 x 64 faces it drove sigma from 0.1
 target RMSE stayed at 0.17, the inner steps (whose size scales as 1/sigma^2) grew unstable and the
 90 % intervals covered 35 % of held-out pixels.
 
-Nothing is backpropagated through the inner trajectory: memory does not grow with K.
+Nothing is backpropagated through the inner trajectory: memory does not grow with K. The solve and
+the cross terms are the shared ones of :mod:`genfield.meta.implicit`; iBaML supplies the
+stationarity (the expected NLL's gradient), the curvature, the diagonal and the KL's ``B^T x``.
+``v`` is a :class:`~genfield.meta.bayes.Posterior` ``(mu, rho)``, the prior a
+:class:`~genfield.meta.bayes.Prior` ``(mean, logvar)``.
 
 Prediction. ``predictive="laplace"`` (default): the linearized-Laplace posterior under the learned
 prior and noise (:mod:`genfield.meta.laplace`): mean ``y(mu)``, variance
@@ -145,17 +149,8 @@ def logvar_fixed_point_step(grad_rho: torch.Tensor) -> torch.Tensor:
 class IBaML(MetaLearner):
     """iBaML; see the module docstring for the model and the meta-gradient.
 
-    Options beyond :class:`MetaLearner`'s: ``prior_std`` (initial prior standard deviation),
-    ``inner_lr_logvar`` (inner learning rate of ``rho``; ``None``: ``inner_lr``), ``mc_samples``,
-    ``obs_noise`` (sigma), ``learn_obs_noise``, ``cg_iterations``, ``cg_damping``, ``cg_tol``,
-    ``curvature`` (``hessian`` or ``gauss_newton``), ``noise_seed`` (draw the Monte-Carlo noise
-    from this seed at every meta-step: common random
-    numbers across calls, for tests), ``predictive_noise`` (add sigma^2 to predictive variances),
-    ``inner_noise`` (``fresh`` or ``fixed``), ``precondition`` (``none``, ``prior``,
-    ``posterior``; the last needs SGD), ``relative_prior``, ``predictive`` (``laplace`` or
-    ``mean_field``, see the module docstring), ``noise_gradient`` (``direct`` or ``implicit``),
-    ``logvar_step`` (``fixed_point``: the damped closed-form update of ``rho`` whatever the mean's
-    optimizer, ``inner_lr_logvar`` its damping; ``optimizer``: ``rho`` stepped like ``mu``).
+    Options beyond :class:`MetaLearner`'s: those of :class:`~genfield.meta.ibaml_config.IBaMLConfig`
+    (validated there, once), as keywords or whole as ``config`` (keywords override its fields).
     """
 
     name = "ibaml"
@@ -440,16 +435,15 @@ class IBaML(MetaLearner):
         preconditioner too), the KL's closed-form cross terms for the prior, and autograd's for
         shared weights and (``noise_gradient="implicit"``) the learned noise."""
         v = leaves(v)
-        extra = dict(self.shared_meta_parameters())
-        if self.learn_obs_noise:
-            extra["log_sigma"] = self.log_sigma
-        cross = {k: p for k, p in extra.items() if k != "log_sigma" or self.noise_gradient == "implicit"}
+        shared = self.shared_meta_parameters()
+        noise_scale = {"log_sigma": self.log_sigma} if self.learn_obs_noise else {}
+        cross = {**shared, **(noise_scale if self.noise_gradient == "implicit" else {})}
         with torch.enable_grad():
             pred_ctx = self.sample_observations(v, noise, batch.context.queries, batch.forward_map)
             nll_ctx = gaussian_nll(pred_ctx, batch.context.values, self.log_sigma).mean(0).sum()
             grad_nll = torch.autograd.grad(nll_ctx, tree_leaves(v), create_graph=True)
             outer = self.target_loss(v, noise, batch.target, batch.forward_map)
-            b_v, direct = outer_gradients(outer, v, extra)
+            b_v, direct = outer_gradients(outer, v, {**shared, **noise_scale})
         curvature, diagonal = self._curvature_parts(v, pred_ctx, grad_nll)
         m, l = self.prior().detached()
 

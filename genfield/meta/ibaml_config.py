@@ -50,7 +50,21 @@ BOUNDS = {
 @dataclass(frozen=True)
 class IBaMLConfig:
     """iBaML's own options (the inner-loop ones :class:`~genfield.meta.learner.MetaLearner` shares
-    are ``inner_optimizer`` and ``inner_lr``, whose iBaML defaults live here)."""
+    are ``inner_optimizer`` and ``inner_lr``, whose iBaML defaults live here).
+
+    ``prior_std`` (initial prior standard deviation), ``inner_lr_logvar`` (inner learning rate of
+    ``rho``; ``None``: ``inner_lr``), ``mc_samples``, ``obs_noise`` (sigma), ``learn_obs_noise``,
+    ``cg_iterations``, ``cg_damping``, ``cg_tol``, ``curvature`` (``hessian`` or
+    ``gauss_newton``), ``noise_seed`` (draw the Monte-Carlo noise from this seed at every
+    meta-step: common random numbers across calls, for tests), ``predictive_noise`` (add sigma^2
+    to predictive variances), ``inner_noise`` (``fresh`` or ``fixed``), ``precondition``
+    (``none``, ``prior``, ``posterior``; the last needs SGD), ``relative_prior``, ``lr_scale_logvar``
+    and ``lr_scale_obs_noise`` (outer Adam rates of the prior log-variance and the noise, relative
+    to the others), ``antithetic``, ``predictive`` (``laplace`` or ``mean_field``),
+    ``noise_gradient`` (``direct`` or ``implicit``), ``logvar_step`` (``fixed_point``: the damped
+    closed-form update of ``rho`` whatever the mean's optimizer, ``inner_lr_logvar`` its damping;
+    ``optimizer``: ``rho`` stepped like ``mu``).
+    """
 
     prior_std: float = 0.0125
     inner_lr_logvar: float | None = 0.1

@@ -10,9 +10,12 @@ implement three things:
   the keys of :meth:`meta_parameters`;
 * ``predict(state, queries, query_map, num_samples)`` — observations predicted from an adapted state.
 
-Meta-parameters are named ``"<group>/<field parameter>"``: ``init/...`` (MAML's initialisation),
-``prior_mean/...`` and ``prior_logvar/...`` (iBaML's prior), ``shared/...`` (field parameters that are
-not adapted, see ``adapt_keys``), ``inner_lr/...`` (Meta-SGD) and ``log_sigma`` (learned noise).
+Meta-parameters are named ``"<group>/<field parameter>"`` (spelled in one place,
+:meth:`MetaLearner.named`; code finds a group through its module, e.g. :meth:`shared_meta_parameters`,
+never by parsing names): ``init/...`` (MAML's initialisation), ``prior_mean/...`` and
+``prior_logvar/...`` (iBaML's prior), ``shared/...`` (field parameters that are not adapted, see
+``adapt_keys``), ``inner_lr/...`` (Meta-SGD) and ``log_sigma`` (learned noise). They are the keys of
+meta-gradients; checkpoints store the modules' own state-dict keys (``init.network__...``).
 
 Bad numerics: when a meta-gradient is not finite, or a conjugate-gradient solve misses its tolerance,
 :meth:`meta_gradient` warns with :class:`MetaStepSkipped` (naming the residual), returns zeros and
