@@ -19,7 +19,7 @@ from genfield.errors import InputError, unknown_name
 from genfield.fields.field import Field
 from genfield.interface import Reconstructor
 from genfield.kinds import DataBundle, get_kind, options_for_kind
-from genfield.targets import dotted_path, partial_target
+from genfield.targets import partial_target
 
 __all__ = [
     "DataBundle",
@@ -89,7 +89,7 @@ def method_target(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         if name not in ESTIMATORS:
             raise unknown_name("meta-learner", name, list(ESTIMATORS))
         cls, fixed = ESTIMATORS[name]
-        return dotted_path(cls), dict(fixed)
+        return f"genfield.meta.{cls.__name__}", dict(fixed)  # the public name the yamls use
     if route in ROUTE_TARGETS:
         return ROUTE_TARGETS[route], {}
     raise unknown_name("method route", route, ["meta", *ROUTE_TARGETS])
