@@ -18,12 +18,12 @@ import functools
 import importlib
 import inspect
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from genfield.errors import InputError
 
-__all__ = ["accepted_options", "built_class", "dotted_path", "locate", "partial_target"]
+__all__ = ["accepted_options", "built_class", "check_options", "dotted_path", "locate", "partial_target"]
 
 
 def dotted_path(obj: Callable) -> str:
@@ -91,16 +91,21 @@ def accepted_options(target: Callable, positional: int = 1) -> set[str] | None:
     return accepted
 
 
+def check_options(path: Any, options: Iterable[str], key: str, positional: int = 1) -> None:
+    """Every option names a parameter of the class or function at ``path`` (its ``positional``
+    leading arguments excepted); else one :class:`InputError` line naming ``key`` and the options."""
+    accepted = accepted_options(locate(path, key), positional)
+    unknown = set(options) - accepted if accepted is not None else set()
+    if unknown:
+        raise InputError(f"{key}={path!r} takes no option(s) {sorted(unknown)}; valid: {sorted(accepted)}")
+
+
 def partial_target(path: Any, options: Mapping[str, Any], key: str, positional: int = 1) -> functools.partial:
     """``hydra.utils.instantiate({"_target_": path, **options}, _partial_=True)`` as plain Python
     values, after checking that ``path`` imports and that its signature takes every option."""
     from hydra.utils import instantiate
 
-    target = locate(path, key)
-    accepted = accepted_options(target, positional)
-    unknown = set(options) - accepted if accepted is not None else set()
-    if unknown:
-        raise InputError(f"{key}={path!r} takes no option(s) {sorted(unknown)}; valid: {sorted(accepted)}")
+    check_options(path, options, key, positional)
     return instantiate({"_target_": path, **options}, _partial_=True, _convert_="all")
 
 

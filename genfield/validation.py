@@ -202,17 +202,22 @@ def check_device(name: Any, key: str = "device") -> None:
             )
 
 
-def check_target(node: Any, prefix: str) -> None:
-    """A group entry's ``_target_`` imports (:func:`genfield.targets.locate`), where it names one."""
-    if isinstance(node, Mapping) and node.get("_target_") is not None:
-        from genfield.targets import locate
+def check_target(node: Any, prefix: str, positional: int = 1) -> None:
+    """A group entry's ``_target_`` imports (:func:`genfield.targets.locate`), where it names one,
+    and its signature takes every option (also those under ``by_kind``)."""
+    if not isinstance(node, Mapping) or node.get("_target_") is None:
+        return
+    from genfield.targets import check_options
 
-        locate(node["_target_"], f"{prefix}._target_")
+    options = dict(node.get("options") or {})
+    by_kind = options.pop("by_kind", None) or {}
+    given = set(options).union(*(o for o in by_kind.values() if isinstance(o, Mapping)))
+    check_options(node["_target_"], given, f"{prefix}._target_", positional)
 
 
 def _check_method(method: Mapping[str, Any], prefix: str) -> None:
     baseline = method.get("route") == "baseline"
-    check_target(method, prefix)
+    check_target(method, prefix, positional=3 if method.get("route") == "process" else 1)
     check_group(method.get("options"), f"{prefix}.options", BASELINE_RULES if baseline else GROUP_RULES)
     if "lr" in method:
         (NONNEGATIVE if baseline else POSITIVE).check(f"{prefix}.lr", method["lr"])
