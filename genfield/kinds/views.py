@@ -47,9 +47,8 @@ class ViewsKind(KindSpec):
             dataset = builtin_views(
                 folder,
                 n_scenes=int(option(cfg, "n_signals", 16)),
-                n_views=int(option(cfg, "n_views", 16)),
-                size=int(option(cfg, "size", 32)),
                 seed=seed,
+                **given(cfg, "n_views", "size"),
             )
         elif name == "nerf_synthetic":
             dataset = NerfSyntheticFolder(require_folder(cfg))
