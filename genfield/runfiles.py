@@ -72,6 +72,7 @@ def check_run_folder(out_dir: Path, config: Mapping[str, Any]) -> int | None:
     ``overwrite`` is set, when both are, when a resumed checkpoint was trained with another config
     (listing the keys), and when ``train.steps`` is below the checkpoint's step.
     """
+    from genfield.builders import with_targets
     from genfield.checkpoint import config_differences
 
     resume, overwrite = bool(config.get("resume")), bool(config.get("overwrite"))
@@ -91,7 +92,7 @@ def check_run_folder(out_dir: Path, config: Mapping[str, Any]) -> int | None:
         )
     differences = [
         d
-        for d in config_differences(_without(stored["config"]), _without(dict(config)))
+        for d in config_differences(_without(with_targets(stored["config"])), _without(dict(config)))
         if not _resumable(d.split(":", 1)[0])
     ]
     if differences:

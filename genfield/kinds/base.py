@@ -199,6 +199,14 @@ def option(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def given(cfg: Mapping[str, Any], *keys: str, **renamed: str) -> dict[str, Any]:
+    """The keyword arguments ``cfg`` sets (not missing, not null): ``keys`` as they are, and
+    ``renamed={argument: key}``. What the config leaves out takes the signature's default, so
+    each default lives once, in the class that uses it."""
+    names = {**{key: key for key in keys}, **renamed}
+    return {argument: cfg[key] for argument, key in names.items() if cfg.get(key) is not None}
+
+
 def require_folder(cfg: Mapping[str, Any], key: str = "root") -> Path:
     """The existing folder ``cfg[key]``; a missing key or folder raises :class:`InputError`."""
     root = cfg.get(key)
@@ -211,11 +219,11 @@ def require_folder(cfg: Mapping[str, Any], key: str = "root") -> Path:
 
 
 def three_way(dataset: Any, cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
-    """``dataset`` split into train / val / test by ``cfg.split_fractions`` (default 0.8 / 0.1 / 0.1)."""
+    """``dataset`` split into train / val / test by ``cfg.split_fractions`` (default: ``split_indices``'s)."""
     from genfield.datasets.sampling import split_indices
 
-    fractions = tuple(option(cfg, "split_fractions", (0.8, 0.1, 0.1)))
-    parts = split_indices(len(dataset), fractions, seed=seed)
+    fractions = {k: tuple(v) for k, v in given(cfg, fractions="split_fractions").items()}
+    parts = split_indices(len(dataset), seed=seed, **fractions)
     return tuple(Subset(dataset, parts[name].tolist()) for name in ("train", "val", "test"))
 
 

@@ -24,6 +24,7 @@ from genfield.kinds.base import (
     DataBundle,
     KindSpec,
     classical,
+    given,
     make_bundle,
     option,
     require_folder,
@@ -47,12 +48,8 @@ class CTKind(KindSpec):
         from genfield.datasets.ct import CTSplit
 
         parts = _slices(cfg, seed)
-        common = {"n_samples": cfg.get("n_samples"), "n_detectors": cfg.get("n_detectors")}
-        train_split = CTSplit(
-            n_context_angles=int(option(cfg, "n_context_angles", 20)),
-            context_angles=str(option(cfg, "context_angles", "random")),
-            **common,
-        )
+        common = given(cfg, "n_samples", "n_detectors")
+        train_split = CTSplit(**given(cfg, "n_context_angles", "context_angles"), **common)
         eval_split = CTSplit(
             n_context_angles=int(option(cfg, "eval_context_angles", 8)), context_angles="even", **common
         )

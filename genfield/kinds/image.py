@@ -25,6 +25,7 @@ from genfield.kinds.base import (
     DataBundle,
     KindSpec,
     classical,
+    given,
     make_bundle,
     option,
     require_folder,
@@ -80,17 +81,16 @@ class ImageKind(KindSpec):
         if cfg["name"] == "faces":
             from genfield.datasets.builtin import builtin_faces
 
-            size = int(option(cfg, "size", 32))
-            parts, channels = tuple(builtin_faces(s, size=size) for s in ("train", "val", "test")), 1
+            parts = tuple(builtin_faces(s, **given(cfg, "size")) for s in ("train", "val", "test"))
+            channels = 1
         elif cfg["name"] == "glyphs":
             from genfield.datasets.builtin import builtin_glyphs
 
-            size, n = int(option(cfg, "size", 32)), option(cfg, "n_signals", None)
-            counts = {"train": n, "val": None, "test": None}
-            parts, channels = tuple(builtin_glyphs(s, size, counts[s], seed) for s in counts), 1
+            counts = {"train": cfg.get("n_signals"), "val": None, "test": None}
+            parts = tuple(builtin_glyphs(s, n=counts[s], seed=seed, **given(cfg, "size")) for s in counts)
+            channels = 1
         else:
-            size, grey = int(option(cfg, "size", 64)), bool(cfg.get("grey", False))
-            folder = ImageFolder(require_folder(cfg), size=size, grey=grey)
+            folder = ImageFolder(require_folder(cfg), **given(cfg, "size", "grey"))
             parts, channels = three_way(folder, cfg, seed), folder.channels
         split = ImageSplit(context_fraction=float(option(cfg, "context_fraction", 0.1)))
         return make_bundle(cfg, self.name, parts, self.head(cfg, channels), split)

@@ -22,6 +22,7 @@ from genfield.kinds.base import (
     DataBundle,
     KindSpec,
     classical,
+    given,
     make_bundle,
     option,
     require_folder,
@@ -60,7 +61,9 @@ class ShapeKind(KindSpec):
     baselines = (classical("rbf"), classical("nearest"), classical("mean-shape", max_shapes=32))
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
-        return str(option(cfg, "target", "occupancy"))
+        from genfield.datasets.shapes import ShapeSplit
+
+        return str(option(cfg, "target", ShapeSplit.target))  # the split's default target
 
     def build_data(self, cfg: Mapping[str, Any], seed: int) -> DataBundle:
         from genfield.datasets.shapes import MeshFolder, ShapeSplit
@@ -78,12 +81,7 @@ class ShapeKind(KindSpec):
         else:
             folder = MeshFolder(require_folder(cfg), cache_dir=cache, **sampling)
             parts = three_way(folder, cfg, seed)
-        split = ShapeSplit(
-            target=self.head(cfg, 1),
-            n_context=int(option(cfg, "n_context", 300)),
-            context=str(option(cfg, "context", "labelled")),
-            n_target=int(option(cfg, "n_target", 2048)),
-        )
+        split = ShapeSplit(target=self.head(cfg, 1), **given(cfg, "n_context", "context", "n_target"))
         return make_bundle(cfg, self.name, parts, self.head(cfg, 1), split)
 
     def score(self, mean: torch.Tensor, batch: SignalBatch) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from genfield.kinds.base import (
     DataBundle,
     KindSpec,
     classical,
+    given,
     make_bundle,
     option,
     require_folder,
@@ -46,9 +47,8 @@ class ViewsKind(KindSpec):
             dataset = builtin_views(
                 folder,
                 n_scenes=int(option(cfg, "n_signals", 16)),
-                n_views=int(option(cfg, "n_views", 16)),
-                size=int(option(cfg, "size", 32)),
                 seed=seed,
+                **given(cfg, "n_views", "size"),
             )
         elif name == "nerf_synthetic":
             dataset = NerfSyntheticFolder(require_folder(cfg))
@@ -57,17 +57,17 @@ class ViewsKind(KindSpec):
         parts = three_way(dataset, cfg, seed)
         render = {
             "n_samples": int(option(cfg, "n_samples", 32)),
-            "n_importance": int(option(cfg, "n_importance", 0)),
+            **given(cfg, "n_importance"),
         }
-        n_context = int(option(cfg, "n_context_views", 1))
+        n_context = given(cfg, "n_context_views")
         train_split = ViewSplit(
-            n_context_views=n_context,
-            n_target_views=int(option(cfg, "n_target_views", 1)),
+            **n_context,
+            **given(cfg, "n_target_views"),
             rays_per_signal=cfg.get("rays_per_signal", 512),  # null: whole target views
             **render,
         )
         eval_split = ViewSplit(
-            n_context_views=n_context, n_target_views=1, rays_per_signal=None, stratified=False, **render
+            **n_context, n_target_views=1, rays_per_signal=None, stratified=False, **render
         )
         return make_bundle(cfg, self.name, parts, self.head(cfg, 3), train_split, eval_split)
 

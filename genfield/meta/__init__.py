@@ -17,19 +17,14 @@ Build a learner by name for a field and use it from a notebook::
 Training is the lead's generic trainer: ``learner.compute_gradients(batch)`` fills ``.grad`` of
 ``learner.parameters()`` (an Adam step follows); skipped meta-steps write nothing.
 
-Modules: :mod:`.tree` (parameter trees and containers of them), :mod:`.inner` (batched inner loop,
-Meta-SGD), :mod:`.cg` (batched conjugate gradient), :mod:`.implicit` (the implicit meta-gradient:
-stationarity, curvature, diagonal, cross terms, one CG solve), :mod:`.likelihood` (Gaussian NLL,
-MSE), :mod:`.bayes` (diagonal Gaussians, ``Posterior``/``Prior``, KL and its derivatives),
-:mod:`.explicit` (MAML, FOMAML, Reptile), :mod:`.imaml`, :mod:`.ibaml` (options:
-:mod:`.ibaml_config`), :mod:`.laplace` (iBaML's predictive with posterior correlations),
-:mod:`.learner` (base class).
+Modules: :mod:`.inner` (batched inner loop, Meta-SGD), :mod:`.cg` (batched conjugate gradient),
+:mod:`.likelihood` (Gaussian NLL, MSE), :mod:`.bayes` (diagonal Gaussians, KL and its derivatives),
+:mod:`.explicit` (MAML, FOMAML, Reptile), :mod:`.imaml`, :mod:`.ibaml`, :mod:`.laplace` (iBaML's
+predictive with posterior correlations), :mod:`.learner` (base class).
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import fields
 from typing import Any
 
 from genfield.errors import InputError, unknown_name
@@ -39,6 +34,7 @@ from genfield.meta.explicit import MAML, Reptile
 from genfield.meta.ibaml import IBaML
 from genfield.meta.imaml import IMAML
 from genfield.meta.learner import AdaptedState, MetaLearner, MetaStepSkipped
+from genfield.targets import accepted_options
 
 ESTIMATORS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {
     "maml": (MAML, {"first_order": False}),
@@ -47,19 +43,6 @@ ESTIMATORS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {
     "imaml": (IMAML, {}),
     "ibaml": (IBaML, {}),
 }
-
-
-def _accepted_options(cls: type) -> set[str]:
-    """Keyword-only arguments of the constructors in ``cls``'s MRO, and the fields of the option
-    dataclass a learner names as ``config_class`` (iBaML's :class:`~genfield.meta.ibaml.IBaMLConfig`)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            params = inspect.signature(klass.__init__).parameters.values()
-            names |= {p.name for p in params if p.kind == p.KEYWORD_ONLY}
-        if "config_class" in vars(klass):
-            names |= {f.name for f in fields(klass.config_class)}
-    return names - {"config"}
 
 
 def build_meta_learner(
@@ -84,7 +67,7 @@ def build_meta_learner(
         raise unknown_name("meta-learner", name, list(ESTIMATORS))
     options = options_for_kind(options, kind, "meta-learner")
     cls, fixed = ESTIMATORS[name]
-    unknown = set(options) - (_accepted_options(cls) - set(fixed))
+    unknown = set(options) - (accepted_options(cls) - set(fixed))
     if unknown:
         raise InputError(f"unknown option(s) {sorted(unknown)} for meta-learner {name!r}")
     return cls(field, **fixed, **options)
