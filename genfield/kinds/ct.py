@@ -98,6 +98,7 @@ class CTKind(KindSpec):
                     f"sinogram {path} has {sinogram.shape[0]} rows (angles) but {len(angles)} angles were "
                     f"given (rows are angles){SKIMAGE_HINT if transposed else ''}"
                 )
+            warn_if_pixel_sums(sinogram, path, options)
             n_det = sinogram.shape[1]
             context = Observations(ct_queries(angles[None], n_det), rearrange(sinogram, "a d -> 1 (a d) 1"))
         return SignalBatch(
@@ -240,8 +241,7 @@ def read_sinogram(path: Path, given: str, options: Mapping[str, Any]) -> torch.T
     if array.ndim != 2 or not np.isfinite(array).all():
         raise InputError(f"sinogram {path} must be a finite 2-D array (angles, detectors), got {array.shape}")
     sinogram = torch.as_tensor(array)
-    units = options.get("sinogram_units", "domain")
-    if units == "skimage":
+    if options.get("sinogram_units", "domain") == "skimage":
         sinogram = from_skimage(sinogram)
     sinogram = sinogram * float(options.get("sinogram_scale", 1.0))
     top = float(sinogram.abs().max())
@@ -250,11 +250,16 @@ def read_sinogram(path: Path, given: str, options: Mapping[str, Any]) -> torch.T
             f"sinogram {path} holds values up to {top:.3g}; line integrals in domain units are expected "
             "(an image in [0, 1] gives at most 2): rescale it with sinogram_scale="
         )
-    if top > PLAUSIBLE_LINE_INTEGRAL and units == "domain":
+    return sinogram.float()
+
+
+def warn_if_pixel_sums(sinogram: torch.Tensor, path: Path, options: Mapping[str, Any]) -> None:
+    """A hint on stderr when a sinogram in domain units looks like pixel sums (skimage's units)."""
+    top = float(sinogram.abs().max())
+    if top > PLAUSIBLE_LINE_INTEGRAL and options.get("sinogram_units", "domain") == "domain":
         print(
             f"genfield: warning: sinogram {path} holds values up to {top:.3g}, more than line integrals "
             "of an image in [0, 1] (at most 2); for a skimage.transform.radon sinogram give "
             "sinogram_units=skimage",
             file=sys.stderr,
         )
-    return sinogram.float()
