@@ -12,9 +12,8 @@ predictive standard deviation where the method has one, a figure, a mesh, and th
 ground truth is known, all in ``metrics.json``.
 
 Every option is checked before any file is read (:mod:`genfield.commands.reconstruct_options`).
-Outputs go to ``out`` (default: Hydra's run directory); with ``out=`` Hydra writes nothing else (no
-``./outputs``, no ``.hydra``); a call that fails on bad input leaves no folder it made behind, and
-changes no file already in ``out``.
+Outputs go to ``out`` (default: Hydra's run directory, else nothing is written there); a call that
+fails on bad input leaves no folder it made behind, and changes no file already in ``out``.
 """
 
 from __future__ import annotations
@@ -41,18 +40,10 @@ from genfield.kinds.inputs import input_type
 from genfield.outputs import check_output_folder, discard_if_empty
 from genfield.runs import Run, check_overrides, find_checkpoint, load_run, with_run_groups
 
-#: Re-exported from their homes for one release (``genfield.runs``, ``genfield.datasets.angles``,
-#: ``genfield.forward.ct``).
-__all__ = [
-    "Run",
-    "app",
-    "find_checkpoint",
-    "from_skimage",
-    "load_run",
-    "parse_angles",
-    "reconstruct",
-    "with_run_groups",
-]
+#: Run, find_checkpoint, load_run, with_run_groups, parse_angles and from_skimage are re-exported from
+#: their homes (genfield.runs, genfield.datasets.angles, genfield.forward.ct) for one release.
+__all__ = ["Run", "app", "find_checkpoint", "from_skimage", "load_run", "parse_angles", "reconstruct"]
+__all__ += ["with_run_groups"]
 
 
 def _steps(cfg: Mapping[str, Any]) -> int | None:
