@@ -3,9 +3,9 @@
 A kind (image, CT, shape, views, or one a user adds) is one object registered by name. It owns
 the input dimension and head of the field, building its data bundle from a data config, the dense
 queries on which a batch is evaluated, scoring a prediction there, the figures, the defaults a
-neural process takes for it, and its classical baselines. Everything else (``evaluate``,
-``write_figures``, ``run_comparison``, the train command) looks the spec up once, by
-``batch.kind``, and never branches on the kind::
+neural process takes for it, its classical baselines, and what ``genfield reconstruct`` reads and
+writes for it. Everything else (``evaluate``, ``write_figures``, ``run_comparison``, the train and
+reconstruct commands) looks the spec up once, by ``batch.kind``, and never branches on the kind::
 
     spec = get_kind(batch.kind)
     queries, query_map = spec.dense_queries(batch)

@@ -106,7 +106,7 @@ class CTKind(KindSpec):
             ParallelBeamProjection(n_samples=n_samples, support=split.support),
             context,
             context,
-            metadata=[{"name": path.name, "resolution": resolution}],
+            metadata=[{"name": path.name, "path": str(path), "resolution": resolution}],
             ground_truth=truth,
             extras={"context_angles": angles[None], "n_detectors": n_det, "resolution": resolution},
         )
@@ -130,7 +130,7 @@ class CTKind(KindSpec):
         top = float(sinogram.abs().max())
         hint = f"the sinogram's values (up to {top:.3g}) are far from the run's training data; rescale with "
         results = (("reconstruction", image), ("FBP", baseline), ("predictive std", std))
-        finite_or_refuse(results, Path(batch.metadata[0]["name"]), hint + "sinogram_scale=")
+        finite_or_refuse(results, Path(batch.metadata[0]["path"]), hint + "sinogram_scale=")
         save_image(out / "reconstruction.png", image.clamp(0, 1))
         save_image(out / "fbp.png", baseline.clamp(0, 1))
         metrics: dict[str, Any] = {
