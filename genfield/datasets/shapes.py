@@ -177,15 +177,26 @@ def _is_flat(vertices: np.ndarray, tolerance: float = 1e-9) -> bool:
     return len(singular) < 3 or singular[-1] <= tolerance * max(float(singular[0]), 1e-300)
 
 
-def normalize_mesh(mesh: trimesh.Trimesh, padding: float = 0.1) -> trimesh.Trimesh:
-    """A copy of ``mesh`` with its bounding box centred and its longest side ``2 (1 - padding)``.
+def normalize_points(
+    points: np.ndarray, padding: float = 0.1, bounds: np.ndarray | None = None
+) -> np.ndarray:
+    """Points ``(N, 3)`` with their bounding box (or ``bounds``, ``(2, 3)``) centred and its longest
+    side ``2 (1 - padding)``.
 
-    Only the bounding box is used (not the centroid or a bounding sphere), so a mesh exported
-    after normalisation normalises to itself.
+    Only the bounding box is used (not the centroid or a bounding sphere), so points (or a mesh)
+    exported after normalisation normalise to themselves.
     """
-    lo, hi = mesh.bounds
-    scale = 2.0 * (1.0 - padding) / float((hi - lo).max())
-    vertices = (np.asarray(mesh.vertices) - (lo + hi) / 2) * scale
+    points = np.asarray(points, dtype=np.float64)
+    lo, hi = (points.min(0), points.max(0)) if bounds is None else bounds
+    extent = float((hi - lo).max())
+    if not extent > 0:
+        raise InputError(f"{len(points)} points have no extent (all of them coincide)")
+    return (points - (lo + hi) / 2) * (2.0 * (1.0 - padding) / extent)
+
+
+def normalize_mesh(mesh: trimesh.Trimesh, padding: float = 0.1) -> trimesh.Trimesh:
+    """A copy of ``mesh`` normalised by :func:`normalize_points` to the box of the vertices its faces use."""
+    vertices = normalize_points(mesh.vertices, padding, mesh.bounds)
     return trimesh.Trimesh(vertices, np.array(mesh.faces), process=False)
 
 
@@ -725,6 +736,7 @@ __all__ = [
     "inside",
     "load_mesh",
     "normalize_mesh",
+    "normalize_points",
     "occupancy_grid",
     "sample_mesh",
     "shape_name",

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from einops import rearrange
 
@@ -65,6 +66,19 @@ def ct_queries(angles: torch.Tensor, n_detectors: int) -> torch.Tensor:
 def as_sinogram(values: torch.Tensor, n_detectors: int) -> torch.Tensor:
     """Angle-major observations ``(..., A * D, c)`` as sinograms ``(..., c, A, D)``."""
     return rearrange(values, "... (a d) c -> ... c a d", d=n_detectors)
+
+
+def from_skimage(sinogram: torch.Tensor) -> torch.Tensor:
+    """A ``skimage.transform.radon`` sinogram ``(D, A)`` of an ``N x N`` image (``D = N``, pixel
+    sums) in genfield's layout and units: ``(A, D)`` line integrals over a domain of side 2, i.e.
+    ``ours = skimage^T * 2 / N`` (the geometry in this module's docstring)."""
+    return rearrange(sinogram, "d a -> a d") * (2.0 / sinogram.shape[0])
+
+
+def to_skimage(sinogram: torch.Tensor, resolution: int) -> np.ndarray:
+    """One genfield sinogram ``(A, D)`` as skimage's ``(D, A)`` pixel sums (float64): the inverse of
+    :func:`from_skimage` for ``D = resolution``."""
+    return rearrange(sinogram.detach().cpu().double(), "a d -> d a").numpy() * (resolution / 2)
 
 
 def ray_points(
