@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from genfield.datasets.batch import SignalBatch
+from genfield.datasets.shape_split import SURFACE_LEVEL, inside_by_value
 from genfield.forward import PointMap
 from genfield.interface import Prediction
 from genfield.kinds.base import (
@@ -27,14 +28,6 @@ from genfield.kinds.base import (
     require_folder,
     three_way,
 )
-
-#: The surface of each target: signed distance 0, occupancy probability 0.5.
-SURFACE_LEVEL = {"sdf": 0.0, "occupancy": 0.5}
-
-
-def inside(values: torch.Tensor, target: str) -> torch.Tensor:
-    """True inside the shape: ``sdf <= 0``, or occupancy above one half."""
-    return values <= SURFACE_LEVEL["sdf"] if target == "sdf" else values > SURFACE_LEVEL["occupancy"]
 
 
 def reconstructed_field(method: Any, batch: SignalBatch) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -90,7 +83,7 @@ class ShapeKind(KindSpec):
         from genfield.metrics import iou
 
         target = batch.extras.get("target", "occupancy")
-        return {"iou": iou(inside(mean, target), inside(batch.target.values, target))}
+        return {"iou": iou(inside_by_value(mean, target), inside_by_value(batch.target.values, target))}
 
     def write_figures(
         self,
