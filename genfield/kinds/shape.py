@@ -61,7 +61,7 @@ class ShapeKind(KindSpec):
         sampling = {k: cfg[k] for k in ("n_uniform", "n_near") if cfg.get(k) is not None}
         cache = cfg.get("cache_dir")
         if cfg["name"] == "shapes":
-            from genfield.datasets.procedural_shapes import ProceduralShapes
+            from genfield.datasets.builtin.shapes import ProceduralShapes
 
             n, evals = int(option(cfg, "n_signals", 64)), max(int(option(cfg, "eval_signals", 8)), 4)
             parts = tuple(
