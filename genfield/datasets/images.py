@@ -9,6 +9,7 @@ antialiased bilinear filter (the CelebA protocol of Learned Initializations and 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -301,6 +302,20 @@ class ImageSplit:
             ground_truth=images,
             extras=extras,
         )
+
+
+def as_images(values: torch.Tensor, like: torch.Tensor | Sequence[int], what: str = "values") -> torch.Tensor:
+    """Per-pixel values ``(S, H*W, C)`` (row-major, as :class:`ImageSplit` flattens them) as images
+    ``(S, H, W, C)`` of the shape of ``like`` (images, or their shape); images pass through.
+
+    A count that does not match raises :class:`~genfield.errors.InputError` naming ``what``.
+    """
+    shape = tuple(like.shape if isinstance(like, torch.Tensor) else like)
+    if values.numel() != math.prod(shape):
+        raise InputError(f"{what}: {tuple(values.shape)} does not match the images {shape}")
+    if values.dim() == 4:
+        return values.reshape(shape)
+    return rearrange(values, "s (h w) c -> s h w c", h=shape[1], w=shape[2])
 
 
 def context_mask(batch: Any) -> torch.Tensor | None:

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from einops import rearrange
 
 from genfield.datasets.batch import SignalBatch
-from genfield.datasets.images import context_mask
+from genfield.datasets.images import as_images, context_mask
 from genfield.fields.coords import grid_coords
 from genfield.forward import PointMap
 from genfield.interface import Prediction
@@ -30,11 +29,6 @@ from genfield.kinds.base import (
     require_folder,
     three_way,
 )
-
-
-def as_images(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape ``(S, H*W, C)`` predictions to the ``(S, H, W, C)`` layout of ``like``."""
-    return rearrange(values, "s (h w) c -> s h w c", h=like.shape[1], w=like.shape[2])
 
 
 def pixel_queries(batch: SignalBatch) -> tuple[torch.Tensor, PointMap]:
