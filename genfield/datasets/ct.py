@@ -26,12 +26,10 @@ from einops import rearrange
 
 from genfield.datasets.angles import ANGLE_SCHEMES, draw_angles
 from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.decoding import LUMINANCE
 from genfield.errors import InputError
 from genfield.fields.coords import axis_coords
 from genfield.forward.ct import SUPPORTS, ParallelBeamProjection, ct_queries, project_image
-
-#: Luminance weights of ``skimage.color.rgb2gray`` (ITU-R BT.709), as for image datasets.
-LUMINANCE = (0.2125, 0.7154, 0.0721)
 
 #: The modified Shepp-Logan phantom (Toft 1996): ``(value, a, b, x0, y0, phi in degrees)``.
 MODIFIED_SHEPP_LOGAN = (

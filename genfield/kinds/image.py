@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from genfield.datasets.batch import Observations, SignalBatch
-from genfield.datasets.images import context_mask
+from genfield.datasets.images import as_images, context_mask
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
 from genfield.forward import PointMap
@@ -39,11 +38,6 @@ from genfield.kinds.inputs import on_cpu, read_image_file, save_std, seeded
 def image_size(cfg: Mapping[str, Any]) -> int:
     """The side images of data config ``cfg`` are resized to (built-in data 32, a folder 64)."""
     return int(option(cfg, "size", 64 if cfg.get("name") == "images" else 32))
-
-
-def as_images(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape ``(S, H*W, C)`` predictions to the ``(S, H, W, C)`` layout of ``like``."""
-    return rearrange(values, "s (h w) c -> s h w c", h=like.shape[1], w=like.shape[2])
 
 
 def pixel_queries(batch: SignalBatch) -> tuple[torch.Tensor, PointMap]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.shape_split import SURFACE_LEVEL, inside_by_value
 from genfield.errors import InputError
 from genfield.forward import PointMap
 from genfield.interface import Adapted, Prediction
@@ -33,14 +34,6 @@ from genfield.kinds.base import (
     three_way,
 )
 from genfield.kinds.inputs import progress, seeded
-
-#: The surface of each target: signed distance 0, occupancy probability 0.5.
-SURFACE_LEVEL = {"sdf": 0.0, "occupancy": 0.5}
-
-
-def inside(values: torch.Tensor, target: str) -> torch.Tensor:
-    """True inside the shape: ``sdf <= 0``, or occupancy above one half."""
-    return values <= SURFACE_LEVEL["sdf"] if target == "sdf" else values > SURFACE_LEVEL["occupancy"]
 
 
 def reconstructed_field(method: Any, batch: SignalBatch) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -149,7 +142,7 @@ class ShapeKind(KindSpec):
 
         sampling, cache = sampling_options(cfg), cfg.get("cache_dir")
         if cfg["name"] == "shapes":
-            from genfield.datasets.procedural_shapes import ProceduralShapes
+            from genfield.datasets.builtin.shapes import ProceduralShapes
 
             n, evals = int(option(cfg, "n_signals", 64)), max(int(option(cfg, "eval_signals", 8)), 4)
             parts = tuple(
@@ -202,7 +195,8 @@ class ShapeKind(KindSpec):
         metrics["n_context"] = batch.context.num_observations
         if truth is not None:
             mean = adapted.predict(batch.target.queries.to(run.device), batch.forward_map).mean.cpu()
-            metrics["iou"] = float(iou(inside(mean, target), inside(batch.target.values, target))[0])
+            truth_inside = inside_by_value(batch.target.values, target)
+            metrics["iou"] = float(iou(inside_by_value(mean, target), truth_inside)[0])
         mesh = mesh_of_mean(adapted, run.device, target, out, options)
         seed = int(options["seed"])
         if mesh is not None and truth is not None:
@@ -220,7 +214,7 @@ class ShapeKind(KindSpec):
         from genfield.metrics import iou
 
         target = batch.extras.get("target", "occupancy")
-        return {"iou": iou(inside(mean, target), inside(batch.target.values, target))}
+        return {"iou": iou(inside_by_value(mean, target), inside_by_value(batch.target.values, target))}
 
     def write_figures(
         self,

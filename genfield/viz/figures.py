@@ -24,6 +24,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from genfield.datasets.images import as_images
 from genfield.errors import InputError
 from genfield.interface import Prediction
 
@@ -101,10 +102,7 @@ def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100) -> Path
 # -- image grids -----------------------------------------------------------------------------------
 def _as_images(values: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     """``(S, H, W, C)`` or ``(S, H * W, C)`` values as images of ``shape`` = ``(S, H, W, C)``."""
-    array = to_numpy(values)
-    if array.size != int(np.prod(shape)):
-        raise InputError(f"{what}: {array.shape} does not match the ground truth {shape}")
-    return array.reshape(shape)
+    return as_images(torch.as_tensor(to_numpy(values)), shape, what).numpy()
 
 
 def _show_image(ax, image: np.ndarray) -> None:
