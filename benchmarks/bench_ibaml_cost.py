@@ -7,16 +7,21 @@ At K inner steps (200 by default) on ``bench_meta``'s setup (32^2 faces, SIREN 6
 1. **Breakdown** (at ``BREAKDOWN_STEPS`` inner steps; the inner loop costs K times its per-step
    figure) of one iBaML meta-gradient (``IBaML.meta_gradient``): the inner loop
    (``adapt_posterior``, K steps) against the implicit gradient (``implicit_gradient``: the graph
-   of ``grad_v NLL``, the outer gradient, CG); the inner loop's cost per step for M = 1, 2, 4
-   Monte-Carlo samples; the implicit gradient against the number of CG iterations (1, 5, 20; the
-   slope is the cost of one CG iteration); one Hessian-vector product (Gauss-Newton and exact)
-   relative to one gradient of the free energy at the same ``v``.
+   of ``grad_v NLL``, the outer gradient, CG); one inner step split into Monte-Carlo sampling
+   (the draw and the reparameterised weights), the field's forward (and the NLL), its backward,
+   the closed-form assembly of ``grad_v F`` and the update (``inner_step``); the inner loop's cost
+   per step for M = 1, 2, 4 Monte-Carlo samples and with either ``inner_gradient``; the implicit
+   gradient against the number of CG iterations (1, 5, 20; the slope is the cost of one CG
+   iteration, the intercept the set-up of the second-order graphs) and the CG relative residual
+   reached after 1, 2, 3, 5, 8, 12, 20 iterations; one Hessian-vector product (Gauss-Newton and
+   exact) relative to one gradient of the free energy at the same ``v``.
 2. **The explicit twin** (the ABML baseline): the same Bayesian inner problem, the same K steps,
    but backpropagated through (``adapt_posterior(..., create_graph=True)`` then the target loss's
    gradient in the prior), written here from iBaML's public pieces. Its meta-gradient is compared
    with iBaML's (cosine similarity: they differ by construction, the implicit one assumes
-   stationarity) and timed interleaved with iBaML and second-order MAML (same field and batch);
-   peak memory by :func:`genfield.profiling.measure`.
+   stationarity) and timed interleaved with iBaML, iBaML with ``inner_gradient="autograd"`` (its
+   inner gradient before the closed form, the same numbers) and second-order MAML (same field and
+   batch); peak memory by :func:`genfield.profiling.measure`.
 
 Run ``python -m benchmarks.bench_ibaml_cost [--quick] [--steps K]``; writes
 ``benchmarks/results/bench_ibaml_cost[_quick].json``.
@@ -39,7 +44,8 @@ from genfield.meta.likelihood import gaussian_nll
 from genfield.meta.tree import leaves, tree_leaves, tree_map
 from genfield.profiling import measure
 
-#: bench_meta's options (iBaML: Adam inner steps preconditioned by the prior, fresh noise, M = 2).
+#: bench_meta's options (iBaML: posterior-preconditioned SGD at rate 0.02 on mu, the fixed-point
+#: step on rho, antithetic M = 2; seeded noise, so one draw serves all K steps).
 MAML_OPTIONS = {"inner_lr": 0.3}
 #: Inner steps of the breakdown's inner-loop timing (its cost is K x the per-step cost).
 BREAKDOWN_STEPS = 20
@@ -77,6 +83,55 @@ def flat(grads: dict[str, torch.Tensor], keys) -> torch.Tensor:
     return torch.cat([grads[k].reshape(-1) for k in keys])
 
 
+def inner_step(learner, batch, v, reps: int) -> dict:
+    """Seconds of one inner step at ``v``, by cumulative stage: the Monte-Carlo draw and the
+    reparameterised weights, the field's forward and the NLL, its backward, the closed-form
+    gradient (``free_energy_gradient``: those three plus the assembly) and the whole step
+    (``adapt_posterior`` for one step from ``v``: plus the fixed-point/preconditioned update)."""
+    S, draws = batch.num_signals, learner.mc_samples
+    context, forward_map = batch.context, batch.forward_map
+
+    def sample():
+        with torch.no_grad():
+            return leaves(learner.draws(v, learner.draw_noise(S)))
+
+    queries = context.queries.repeat(draws, 1, 1)
+    values = context.values.repeat(draws, 1, 1)
+
+    def forward():
+        phi = sample()
+        with torch.enable_grad():
+            pred = learner.observe(phi, queries, forward_map)
+            nll = gaussian_nll(pred, values, learner.log_sigma.detach())
+        return phi, nll.sum() / draws
+
+    def backward():
+        phi, nll = forward()
+        torch.autograd.grad(nll, list(phi.values()))
+
+    stages = {
+        "sampling": sample,
+        "sampling_forward": forward,
+        "sampling_forward_backward": backward,
+        "gradient": lambda: learner.free_energy_gradient(v, learner.draw_noise(S), context, forward_map),
+        "step": lambda: learner.adapt_posterior(context, forward_map, None, 1, init=v),
+    }
+    cumulative = interleaved_seconds(stages, reps * 5)
+    names = list(stages)
+    parts = {"sampling": cumulative["sampling"]}
+    parts.update({b: cumulative[b] - cumulative[a] for a, b in zip(names, names[1:])})
+    return {
+        "cumulative_seconds": cumulative,
+        "parts_seconds": {
+            "mc_sampling": parts["sampling"],
+            "forward": parts["sampling_forward"],
+            "backward": parts["sampling_forward_backward"],
+            "closed_form_assembly": parts["gradient"],
+            "update": parts["step"],
+        },
+    }
+
+
 def breakdown(learner, batch, reps: int) -> dict:
     noise = learner.draw_noise(batch.num_signals)
 
@@ -93,11 +148,14 @@ def breakdown(learner, batch, reps: int) -> dict:
             learner.cg_iterations = iterations
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", MetaStepSkipped)
-                learner.implicit_gradient(v, noise, batch)
+                return learner.implicit_gradient(v, noise, batch)
 
         return run
 
     cg_default = learner.cg_iterations
+    out["cg_relative_residual_by_iterations"] = {
+        n: implicit_at(n)()[1]["cg_residual"].item() for n in (1, 2, 3, 5, 8, 12, 20)
+    }
     timed = interleaved_seconds(
         {
             "inner_loop": inner,
@@ -109,6 +167,7 @@ def breakdown(learner, batch, reps: int) -> dict:
     )
     learner.cg_iterations = cg_default
     out["seconds"] = timed
+    out["inner_step"] = inner_step(learner, batch, v, reps)
     out["inner_step_seconds"] = timed["inner_loop"] / learner.inner_steps
     out["cg_iteration_seconds"] = (timed["implicit_cg20"] - timed["implicit_cg5"]) / 15
     out["implicit_setup_seconds"] = timed["implicit_cg1"] - out["cg_iteration_seconds"]
@@ -122,6 +181,19 @@ def breakdown(learner, batch, reps: int) -> dict:
     learner.mc_samples = IBAML_OPTIONS.get("mc_samples", 2)
     per_m = interleaved_seconds(samples, reps)
     out["inner_step_seconds_by_samples"] = {k: s / 10 for k, s in per_m.items()}
+
+    # the inner loop per step with either inner gradient (the same numbers)
+    def inner_with(mode):
+        def run():
+            learner.inner_gradient = mode
+            inner()
+
+        return run
+
+    per_mode = interleaved_seconds({m: inner_with(m) for m in ("closed_form", "autograd")}, reps)
+    learner.inner_gradient = "closed_form"
+    out["inner_step_seconds_by_gradient"] = {k: s / learner.inner_steps for k, s in per_mode.items()}
+    out["inner_closed_form_over_autograd"] = per_mode["closed_form"] / per_mode["autograd"]
 
     # one HVP (Gauss-Newton, exact) against one gradient of the free energy, at v
     leaf = leaves(v)
@@ -149,11 +221,12 @@ def breakdown(learner, batch, reps: int) -> dict:
     return out
 
 
-def run_cell(size, hidden, n_layers, signals, context, steps, reps) -> dict:
+def run_cell(size, hidden, n_layers, signals, context, steps, reps, twin: bool = True) -> dict:
     faces = list(builtin_faces("train", size=size))[:signals]
     batch = ImageSplit(context_fraction=context)(faces, torch.Generator().manual_seed(0))
     field = build_field("siren", head="grey", hidden=hidden, n_layers=n_layers)
     ibaml = build_meta_learner("ibaml", field, inner_steps=steps, **IBAML_OPTIONS)
+    before = build_meta_learner("ibaml", field, inner_steps=steps, inner_gradient="autograd", **IBAML_OPTIONS)
     maml = build_meta_learner("maml", field, inner_steps=steps, **MAML_OPTIONS)
     row: dict = {
         "image": size,
@@ -166,13 +239,17 @@ def run_cell(size, hidden, n_layers, signals, context, steps, reps) -> dict:
         "mc_samples": ibaml.mc_samples,
     }
     keys = [k for k in ibaml.meta_parameters() if k.startswith("prior_")]
-    a, b = flat(implicit(ibaml, batch), keys), flat(explicit_twin(ibaml, batch), keys)
-    row["implicit_vs_explicit_cosine"] = (a @ b / (a.norm() * b.norm())).item()
+    if twin:
+        a, b = flat(implicit(ibaml, batch), keys), flat(explicit_twin(ibaml, batch), keys)
+        row["implicit_vs_explicit_cosine"] = (a @ b / (a.norm() * b.norm())).item()
     fns = {
         "ibaml": lambda: implicit(ibaml, batch),
+        "ibaml_autograd_inner": lambda: implicit(before, batch),
         "explicit_twin": lambda: explicit_twin(ibaml, batch),
         "maml": lambda: maml.meta_gradient(batch),
     }
+    if not twin:
+        del fns["explicit_twin"]
     memory = {}
     for name, fn in fns.items():  # also the warm-up of the interleaved timing below
         with measure() as cost:
@@ -182,11 +259,14 @@ def run_cell(size, hidden, n_layers, signals, context, steps, reps) -> dict:
     seconds = interleaved_seconds(fns, reps, warmup=False)
     row["seconds"] = seconds
     row["ratios"] = {
-        "ibaml_over_explicit_twin_time": seconds["ibaml"] / seconds["explicit_twin"],
         "ibaml_over_maml_time": seconds["ibaml"] / seconds["maml"],
-        "ibaml_over_explicit_twin_memory": memory["ibaml"] / memory["explicit_twin"],
+        "ibaml_over_ibaml_autograd_inner_time": seconds["ibaml"] / seconds["ibaml_autograd_inner"],
+        "ibaml_autograd_inner_over_maml_time": seconds["ibaml_autograd_inner"] / seconds["maml"],
         "ibaml_over_maml_memory": memory["ibaml"] / memory["maml"],
     }
+    if twin:
+        row["ratios"]["ibaml_over_explicit_twin_time"] = seconds["ibaml"] / seconds["explicit_twin"]
+        row["ratios"]["ibaml_over_explicit_twin_memory"] = memory["ibaml"] / memory["explicit_twin"]
     print({k: row[k] for k in ("image", "seconds", "peak_mib", "ratios")}, flush=True)
     ibaml.inner_steps = BREAKDOWN_STEPS  # per-step costs do not depend on K
     row["breakdown"] = breakdown(ibaml, batch, reps)
@@ -205,6 +285,9 @@ def main() -> None:
         "--size", type=int, default=None, help="run only the cell of this image size (32, 64)"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--no-twin", action="store_true", help="time iBaML and MAML only (more reps in the same time)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reps = args.reps or (1 if args.quick else 3)
@@ -213,8 +296,10 @@ def main() -> None:
     for setup in ((32, 64, 3, 8, 0.25), (*big, 4, 0.1)):
         if args.size and setup[0] != args.size:
             continue
-        cells.append(run_cell(*setup, args.steps, reps))
+        cells.append(run_cell(*setup, args.steps, reps, twin=not args.no_twin))
         name = "bench_ibaml_cost" + ("_quick" if args.quick else "") + f"_K{args.steps}"
+        name += f"_size{args.size}" if args.size else ""  # one cell: do not overwrite the others
+        name += f"_reps{reps}_notwin" if args.no_twin else ""
         save_results(name, {"reps": reps, "cells": cells})  # after every cell
 
 

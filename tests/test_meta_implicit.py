@@ -204,6 +204,7 @@ def test_ibaml_posterior_is_a_container_with_the_priors_keys_and_tree_ops_see_bo
         ("inner_lr_logvar", 2.0, "inner_lr_logvar=2.0: .* must lie in \\(0, 2\\)"),
         ("curvature", "newton", "unknown curvature 'newton'; valid names: gauss_newton, hessian"),
         ("inner_optimizer", "lbfgs", "unknown inner_optimizer 'lbfgs'; valid names: adam, sgd"),
+        ("inner_gradient", "numeric", "unknown inner_gradient 'numeric'; valid names: autograd, closed_form"),
     ],
 )
 def test_a_bad_ibaml_option_is_one_input_error_naming_it_and_its_valid_range(option, value, message):

@@ -57,7 +57,7 @@ def build_meta_learner(
     ``cg_tol``. iBaML: ``prior_std``,
     ``inner_lr_logvar``, ``mc_samples``, ``obs_noise``, ``learn_obs_noise``, the ``cg_*`` options,
     ``noise_seed``, ``predictive_noise``, ``predictive`` (``laplace``/``mean_field``),
-    ``noise_gradient`` (``direct``/``implicit``).
+    ``noise_gradient`` (``direct``/``implicit``), ``inner_gradient`` (``closed_form``/``autograd``).
 
     ``by_kind={kind: {...}}`` holds overrides for one data kind only, applied over the other options
     when ``kind`` (the data kind the learner is built for) matches (:mod:`genfield.kinds`): one

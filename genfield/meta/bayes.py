@@ -60,6 +60,13 @@ def kl_diag_gaussians(
     return 0.5 * (torch.exp(rho - l) + (mu - m).square() * torch.exp(-l) - 1 + l - rho)
 
 
+def kl_gradient(
+    mu: torch.Tensor, rho: torch.Tensor, m: torch.Tensor, l: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dKL/dmu`` and ``dKL/drho`` elementwise (the module docstring's first row)."""
+    return (mu - m) * torch.exp(-l), 0.5 * (torch.exp(rho - l) - 1)
+
+
 def kl_curvature(
     rho: torch.Tensor, l: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

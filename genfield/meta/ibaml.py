@@ -111,11 +111,13 @@ from genfield.meta.bayes import (
     kl_cross_transpose,
     kl_curvature,
     kl_diag_gaussians,
+    kl_gradient,
     reparameterise,
     rho_curvature,
 )
 from genfield.meta.cg import gauss_newton_hvp
 from genfield.meta.ibaml_config import (  # noqa: F401 - the option sets, re-exported
+    INNER_GRADIENTS,
     INNER_NOISE,
     LOGVAR_STEPS,
     NOISE_GRADIENTS,
@@ -165,7 +167,7 @@ class IBaML(MetaLearner):
         config = IBaMLConfig(**ours) if config is None else replace(config, **ours)
         self.config = config
         self.predictive, self.noise_gradient = config.predictive, config.noise_gradient
-        self.logvar_step = config.logvar_step
+        self.logvar_step, self.inner_gradient = config.logvar_step, config.inner_gradient
         self.curvature, self.inner_noise, self.precondition = (
             config.curvature, config.inner_noise, config.precondition
         )
@@ -257,14 +259,18 @@ class IBaML(MetaLearner):
         self, v: Posterior, noise: Tree, queries: torch.Tensor, forward_map: ForwardMap
     ) -> torch.Tensor:
         """Observations ``(M, S, N, c)`` of the ``M`` reparameterised draws of every signal."""
-        mu, rho = v
         draws = len(next(iter(noise.values())))
-        phi = {
-            k: rearrange(reparameterise(mu[k], rho[k], noise[k]), "m s ... -> (m s) ...")
-            for k in mu
-        }
         queries = repeat(queries, "s ... -> (m s) ...", m=draws)
-        return rearrange(self.observe(phi, queries, forward_map), "(m s) ... -> m s ...", m=draws)
+        pred = self.observe(self.draws(v, noise), queries, forward_map)
+        return rearrange(pred, "(m s) ... -> m s ...", m=draws)
+
+    def draws(self, v: Posterior, noise: Tree) -> Tree:
+        """The reparameterised weights ``mu + e^{rho/2} eps`` of the ``M`` draws of every signal,
+        ``{name: (M S, ...)}`` (draw-major: one batch the field evaluates in one vmapped call)."""
+        mu, rho = v
+        return {
+            k: rearrange(reparameterise(mu[k], rho[k], noise[k]), "m s ... -> (m s) ...") for k in mu
+        }
 
     def expected_nll(
         self, v: Posterior, noise: Tree, obs: Observations, forward_map: ForwardMap
@@ -291,6 +297,39 @@ class IBaML(MetaLearner):
     ) -> torch.Tensor:
         """The inner objective ``F(v, theta)`` of each signal: ``(S,)``."""
         return self.expected_nll(v, noise, context, forward_map) + self.kl(v, detach_prior)
+
+    def free_energy_gradient(
+        self, v: Posterior, noise: Tree, context: Observations, forward_map: ForwardMap
+    ) -> Posterior:
+        """``grad_v F`` of every signal (detached), with one autograd call through the field alone.
+
+        The KL and the reparameterisation ``w_j = mu + e^{rho/2} eps_j`` have closed-form
+        derivatives (:mod:`genfield.meta.bayes`), so only ``g_j = grad_w NLL(w_j) / M`` needs the
+        field's backward, taken at detached draws:
+
+            dF/dmu  = sum_j g_j + (mu - m) e^{-l}
+            dF/drho = 1/2 e^{rho/2} sum_j eps_j g_j + 1/2 (e^{rho - l} - 1)
+
+        The same numbers as autograd of :meth:`free_energy`, without its graph of the sampling and
+        the KL (per tensor: exp, products, the prior's broadcasts, and their backward)."""
+        mu, rho = v
+        m, l = self.prior().detached()
+        draws = len(next(iter(noise.values())))
+        with torch.no_grad():
+            phi = {k: t.requires_grad_(True) for k, t in self.draws(v, noise).items()}
+            queries = repeat(context.queries, "s ... -> (m s) ...", m=draws)
+        with torch.enable_grad():
+            pred = rearrange(self.observe(phi, queries, forward_map), "(m s) ... -> m s ...", m=draws)
+            nll = gaussian_nll(pred, context.values, self.log_sigma.detach()).sum() / draws
+            grads = torch.autograd.grad(nll, list(phi.values()))
+        grad_mu, grad_rho = {}, {}
+        with torch.no_grad():
+            for k, g in zip(phi, grads):
+                g = rearrange(g, "(m s) ... -> m s ...", m=draws)
+                mean_kl, logvar_kl = kl_gradient(mu[k], rho[k], m[k], l[k])
+                grad_mu[k] = g.sum(0) + mean_kl
+                grad_rho[k] = 0.5 * torch.exp(0.5 * rho[k]) * (noise[k] * g).sum(0) + logvar_kl
+        return Posterior({k: grad_mu[k] for k in mu}, {k: grad_rho[k] for k in rho})
 
     def target_loss(self, v: Posterior, noise: Tree, target: Observations, forward_map) -> torch.Tensor:
         """The outer objective ``L(v)``: expected NLL per target value, mean over signals."""
@@ -362,10 +401,16 @@ class IBaML(MetaLearner):
             prior = self.prior() if create_graph else self.prior().detached()
             init = prior.posterior(S)
         mean_rates = self._mean_rates(create_graph)
+        if noise is None and self.noise_seed is not None:  # every seeded draw is this one: draw it once
+            noise = self.draw_noise(S)
 
         def objective(v: Posterior) -> torch.Tensor:
             eps = self.draw_noise(S) if noise is None else noise
             return self.free_energy(v, eps, context, forward_map, not create_graph).sum()
+
+        def gradient(v: Posterior) -> Posterior:
+            eps = self.draw_noise(S) if noise is None else noise
+            return self.free_energy_gradient(v, eps, context, forward_map)
 
         if self.logvar_step == "optimizer":
             rates = Posterior(mean_rates, {k: self.inner_lr_logvar for k in init.rho})
@@ -376,6 +421,7 @@ class IBaML(MetaLearner):
         return inner_loop(
             objective, init, steps, rates, optimizer, create_graph=create_graph,
             precondition=precondition,
+            gradient=gradient if self.inner_gradient == "closed_form" and not create_graph else None,
         )
 
     def _fixed_point_hook(self, create_graph: bool):

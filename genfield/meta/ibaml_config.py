@@ -22,6 +22,8 @@ NOISE_GRADIENTS = ("direct", "implicit")
 PREDICTIVES = ("laplace", "mean_field")
 #: Inner updates of the posterior log-variance: the damped closed-form fixed point, or the optimizer's.
 LOGVAR_STEPS = ("fixed_point", "optimizer")
+#: The inner gradient of the free energy: closed form around the field's backward, or autograd of all.
+INNER_GRADIENTS = ("closed_form", "autograd")
 
 #: The options that name one of a fixed set of choices.
 CHOICES = {
@@ -31,6 +33,7 @@ CHOICES = {
     "predictive": PREDICTIVES,
     "noise_gradient": NOISE_GRADIENTS,
     "logvar_step": LOGVAR_STEPS,
+    "inner_gradient": INNER_GRADIENTS,
     "inner_optimizer": INNER_OPTIMIZERS,
 }
 #: Numeric options: (lowest valid value, whether that value itself is valid).
@@ -63,7 +66,10 @@ class IBaMLConfig:
     to the others), ``antithetic``, ``predictive`` (``laplace`` or ``mean_field``),
     ``noise_gradient`` (``direct`` or ``implicit``), ``logvar_step`` (``fixed_point``: the damped
     closed-form update of ``rho`` whatever the mean's optimizer, ``inner_lr_logvar`` its damping;
-    ``optimizer``: ``rho`` stepped like ``mu``).
+    ``optimizer``: ``rho`` stepped like ``mu``), ``inner_gradient`` (``closed_form``: the
+    first-order inner steps take :meth:`~genfield.meta.ibaml.IBaML.free_energy_gradient`;
+    ``autograd``: the same numbers by autograd of the free energy, the reference it is checked and
+    timed against; a differentiable inner loop always uses autograd).
     """
 
     prior_std: float = 0.0125
@@ -88,6 +94,7 @@ class IBaMLConfig:
     predictive: str = "laplace"
     noise_gradient: str = "direct"
     logvar_step: str = "fixed_point"
+    inner_gradient: str = "closed_form"
 
     def __post_init__(self) -> None:
         for name, valid in CHOICES.items():

@@ -14,7 +14,10 @@ graph for (ii)-(iii).
 Learning rates are a float, or a dict of tensors broadcastable against each parameter (Meta-SGD,
 Li et al. 2017: ``phi <- phi - alpha (.) grad``, ``alpha`` learned by the outer loop). An optional
 ``precondition(params, grads) -> grads`` rescales the gradient before the optimizer's update
-(iBaML's variance-preconditioned steps); it changes the path, not the stationary points.
+(iBaML's variance-preconditioned steps); it changes the path, not the stationary points. An
+optional ``gradient(params) -> grads`` replaces autograd of ``objective`` in first-order loops, for
+objectives whose gradient is cheaper in closed form around one autograd call (iBaML's free energy:
+the KL and the reparameterisation have analytic derivatives).
 
 Non-finite values. An optional :class:`InnerHealth` accumulates, on the device, one flag per signal:
 "every gradient and iterate of this signal stayed finite". Nothing is read back inside the loop; the
@@ -95,6 +98,7 @@ def inner_loop(
     eps: float = 1e-8,
     precondition: Callable[[Params, Params], Params] | None = None,
     health: InnerHealth | None = None,
+    gradient: Callable[[Params], Params] | None = None,
 ) -> Params:
     """Minimise ``objective`` (a scalar: the sum over signals) for ``steps`` steps from ``init``.
 
@@ -104,20 +108,26 @@ def inner_loop(
     result is detached (nothing of the trajectory is kept). With ``create_graph=True`` the returned
     tensors are differentiable functions of ``init`` and of tensor learning rates (backprop through
     K). ``health`` (optional) accumulates per-signal finiteness of every step's gradients and of the
-    final iterate.
+    final iterate. ``gradient`` (first order only) returns ``grad objective`` at detached ``params``,
+    a tree of their structure.
     """
+    if gradient is not None and create_graph:
+        raise ValueError("inner_loop: a closed-form gradient cannot be backpropagated through")
     if optimizer not in INNER_OPTIMIZERS:
         raise unknown_name("inner optimizer", optimizer, INNER_OPTIMIZERS)
     rates = tree_map(lambda _: lr, init) if isinstance(lr, (int, float)) else lr
-    params = init if create_graph else leaves(init)
+    params = init if create_graph or gradient is not None else leaves(init)
     first = tree_map(torch.zeros_like, params)
     second = tree_map(torch.zeros_like, params)
     for step in range(1, steps + 1):
-        with torch.enable_grad():
-            if not create_graph:
-                params = leaves(params)
-            grads = torch.autograd.grad(objective(params), tree_leaves(params), create_graph=create_graph)
-        grads = tree_unflatten(grads, params)
+        if gradient is not None:
+            grads = gradient(params)
+        else:
+            with torch.enable_grad():
+                if not create_graph:
+                    params = leaves(params)
+                grads = torch.autograd.grad(objective(params), tree_leaves(params), create_graph=create_graph)
+            grads = tree_unflatten(grads, params)
         if health is not None:
             health.record(grads)
         with torch.set_grad_enabled(create_graph):
