@@ -227,7 +227,9 @@ def test_latent_objectives_are_finite_and_decrease_on_a_fixed_batch(objective, p
 
 def test_weight_token_conditioning_trains_and_is_order_invariant():
     torch.manual_seed(0)
-    model = build_process("ponp", image_field(), "image", conditioning="weights", latent_dim=0, **SMALL)
+    model = build_process(
+        "ponp", image_field(), "image", conditioning="weights", latent_dim=0, local_features=False, **SMALL
+    )
     batch = image_batch()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = float(model.compute_gradients(batch)["loss"])
@@ -332,9 +334,9 @@ def test_backprojected_views_sum_to_fbp_and_read_neighbouring_bins():
     raw = fmap.backproject_views(ctx.queries[:1], ctx.values[:1], point, d, None, (-1.0, 0.0, 1.0))
     torch.testing.assert_close(raw[0, 0, 0], ctx.values[0, k - 1 : k + 2, 0])
     # the same under torch.func.vmap, one signal at a time
-    batched = torch.func.vmap(
-        lambda q, y, p: fmap.backproject_views(q, y, p, d, "ramp", (-1.0, 0.0, 1.0))
-    )(ctx.queries, ctx.values, points)
+    batched = torch.func.vmap(lambda q, y, p: fmap.backproject_views(q, y, p, d, "ramp", (-1.0, 0.0, 1.0)))(
+        ctx.queries, ctx.values, points
+    )
     torch.testing.assert_close(batched, views)
 
 
@@ -392,7 +394,8 @@ def test_kind_options_and_local_feature_errors():
     assert model.config.width == 24
     with pytest.raises(InputError, match="by_kind"):
         build_process("cnp", fc, "image", by_kind={"pictures": {}})
+    shape_field = field_config("siren", in_dim=3, head="sdf", hidden=16, n_layers=2)
     with pytest.raises(InputError, match="local_features"):
-        build_process("ponp", fc, "image", local_features=True)
+        build_process("ponp", shape_field, "shape", local_features=True)
     with pytest.raises(InputError, match="context_subsample"):
         build_process("ponp", fc, "image", context_subsample=(3, 2))

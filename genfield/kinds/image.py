@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -69,6 +70,7 @@ class ImageKind(KindSpec):
     in_dim = 2
     metric = "psnr"
     tokenizer = "points"
+    process_defaults = MappingProxyType({"ponp": {"local_features": True}})
     baselines = (classical("biharmonic"), classical("gaussian-prior"), classical("mean"))
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
