@@ -36,7 +36,7 @@ from genfield.fields import build_field
 from genfield.meta import MetaStepSkipped, build_meta_learner
 from genfield.meta.cg import gauss_newton_hvp
 from genfield.meta.likelihood import gaussian_nll
-from genfield.meta.tree import leaves
+from genfield.meta.tree import leaves, tree_leaves, tree_map
 from genfield.profiling import measure
 
 #: bench_meta's options (iBaML: Adam inner steps preconditioned by the prior, fresh noise, M = 2).
@@ -128,18 +128,18 @@ def breakdown(learner, batch, reps: int) -> dict:
     with torch.enable_grad():
         pred = learner.sample_observations(leaf, noise, batch.context.queries, batch.forward_map)
         nll = gaussian_nll(pred, batch.context.values, learner.log_sigma).mean(0).sum()
-        grad_nll = torch.autograd.grad(nll, list(leaf.values()), create_graph=True)
+        grad_nll = torch.autograd.grad(nll, tree_leaves(leaf), create_graph=True)
         ggn = gauss_newton_hvp(pred, leaf, torch.exp(-2 * learner.log_sigma.detach()) / len(pred))
-    probe = {k: torch.randn_like(t) for k, t in leaf.items()}
+    probe = tree_map(torch.randn_like, leaf)
 
     def gradient():
         fresh = leaves(v)
         with torch.enable_grad():
             loss = learner.free_energy(fresh, noise, batch.context, batch.forward_map, True).sum()
-            torch.autograd.grad(loss, list(fresh.values()))
+            torch.autograd.grad(loss, tree_leaves(fresh))
 
     def exact_hvp():
-        torch.autograd.grad(grad_nll, list(leaf.values()), [probe[k] for k in leaf], retain_graph=True)
+        torch.autograd.grad(grad_nll, tree_leaves(leaf), tree_leaves(probe), retain_graph=True)
 
     unit = interleaved_seconds(
         {"gradient": gradient, "hvp_gauss_newton": lambda: ggn(probe), "hvp_exact": exact_hvp}, reps

@@ -20,7 +20,7 @@ import torch
 import trimesh
 
 from benchmarks._machine import median_seconds, save_results
-from genfield.datasets.procedural_shapes import ProceduralShapes
+from genfield.datasets.builtin.shapes import ProceduralShapes
 from genfield.datasets.shapes import ShapeSplit, inside, normalize_mesh, signed_distance
 
 

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from benchmarks._machine import median_seconds, save_results
-from genfield.datasets.views import look_at, random_primitives, raycast_rgba
+from genfield.datasets.builtin.views import random_primitives, raycast_rgba
 from genfield.fields import build_field
-from genfield.forward.volume import VolumeRenderer, camera_rays, ray_queries
+from genfield.forward.volume import VolumeRenderer, camera_rays, look_at, ray_queries
 
 
 def rays_of_views(n_rays: int, device: str) -> torch.Tensor:
@@ -41,7 +41,7 @@ def rays_of_views(n_rays: int, device: str) -> torch.Tensor:
         2.7 * np.array([math.cos(a), math.sin(a), 0.5]) / math.hypot(1, 0.5)
         for a in np.linspace(0, 2 * math.pi, n_views, endpoint=False)
     ]
-    c2w = torch.tensor(np.stack([look_at(p) for p in positions]), dtype=torch.float32)
+    c2w = look_at(torch.as_tensor(np.stack(positions))).float()
     origins, directions = camera_rays(c2w, 0.5 * size / math.tan(0.35), size, size)
     queries = ray_queries(origins, directions, 4 / 3, 4.0).reshape(-1, 8)[:n_rays]
     return queries.to(device)
@@ -89,7 +89,7 @@ def bench_raycast(size: int, n_views: int) -> dict[str, Any]:
     mesh, colours = random_primitives(np.random.default_rng([0, 0]))
     mesh.apply_scale(1.5)
     focal = 0.5 * size / math.tan(0.35)
-    cameras = [look_at(4 * np.array([math.cos(a), math.sin(a), 0.6])) for a in range(n_views)]
+    cameras = [look_at(4 * np.array([math.cos(a), math.sin(a), 0.6])).numpy() for a in range(n_views)]
     start = time.perf_counter()
     for c2w in cameras:
         raycast_rgba(mesh, colours, c2w, focal, size)

@@ -1,24 +1,36 @@
-"""Build data, fields and methods from (Hydra) config dicts.
+"""Build data, fields and methods from (Hydra) config dicts: each config names what builds it.
 
 ``build_data(cfg.data)`` returns a :class:`~genfield.kinds.base.DataBundle` (train / val / test signal
-collections and the context/target splits for training and evaluation), built by the data kind's
-spec (:mod:`genfield.kinds`); ``build_field_for(cfg.field, bundle)`` gives the field the head and
-input dimension of the data kind; ``build_method(cfg.method, field, bundle)`` builds a
-meta-learner, a neural process or the random-initialisation baseline behind the one
-:class:`~genfield.interface.Reconstructor` interface.
+collections and the context/target splits for training and evaluation), built by the spec of the
+data config's ``kind`` (:mod:`genfield.kinds`); ``build_field_for(cfg.field, bundle)`` and
+``build_method(cfg.method, field, bundle)`` instantiate the ``_target_`` of the field and method
+configs (:mod:`genfield.targets`): a meta-learner, a neural process or the random-initialisation
+baseline behind the one :class:`~genfield.interface.Reconstructor` interface. The defaults live in
+those signatures. A run config stored before configs named their classes builds by its names.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
 from genfield.errors import InputError, unknown_name
-from genfield.fields.field import Field, build_field
+from genfield.fields.field import Field
 from genfield.interface import Reconstructor
-from genfield.kinds import DataBundle, get_kind
+from genfield.kinds import DataBundle, get_kind, options_for_kind
+from genfield.targets import partial_target
 
-__all__ = ["DataBundle", "build_data", "build_field_for", "build_method", "plain", "resolved_data"]
+__all__ = [
+    "DataBundle",
+    "build_data",
+    "build_field_for",
+    "build_method",
+    "method_target",
+    "plain",
+    "resolved_data",
+    "with_targets",
+]
 
 
 def build_data(cfg: Mapping[str, Any], seed: int = 0) -> DataBundle:
@@ -42,40 +54,84 @@ def resolved_data(data: DataBundle | Mapping[str, Any]) -> dict[str, Any]:
     return {"kind": kind, "head": str(data["head"]), "in_dim": int(in_dim)}
 
 
+#: The builder of a field config stored before configs named their classes (no ``_target_``).
+FIELD_TARGET = "genfield.fields.build_field"
+
+
 def build_field_for(cfg: Mapping[str, Any], bundle: DataBundle | Mapping[str, Any]) -> Field:
-    """The field named by ``cfg['preset']`` with the head and input dimension of the data kind.
+    """The field ``cfg['_target_']`` builds from preset ``cfg['preset']`` and ``cfg['options']``,
+    with the head and input dimension of the data kind.
 
     ``bundle`` is a :class:`DataBundle` or a mapping ``{kind, head, in_dim}`` (a stored run's
     ``config["resolved"]``).
     """
-    options = dict(cfg.get("options") or {})
     data = resolved_data(bundle)
-    return build_field(str(cfg.get("preset", "siren")), in_dim=data["in_dim"], head=data["head"], **options)
+    target = cfg.get("_target_") or FIELD_TARGET
+    build = partial_target(target, dict(cfg.get("options") or {}), "field._target_")
+    preset = [str(cfg["preset"])] if cfg.get("preset") is not None else []
+    return build(*preset, in_dim=data["in_dim"], head=data["head"])
+
+
+def method_target(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A method config's ``_target_`` and the options its name fixes.
+
+    A config stored before configs named their classes (a checkpoint's ``config["method"]``
+    without ``_target_``) is built as it was then, by its name and route: a meta-learner's class and
+    fixed options from :data:`genfield.meta.ESTIMATORS`, :func:`genfield.processes.build_process`,
+    or :class:`genfield.fitting.RandomInitFit`.
+    """
+    if cfg.get("_target_") is not None:
+        return cfg["_target_"], {}
+    name, route = str(cfg.get("name")), str(cfg.get("route", "meta"))
+    if route == "meta":
+        from genfield.meta import ESTIMATORS
+
+        if name not in ESTIMATORS:
+            raise unknown_name("meta-learner", name, list(ESTIMATORS))
+        cls, fixed = ESTIMATORS[name]
+        return f"genfield.meta.{cls.__name__}", dict(fixed)  # the public name the yamls use
+    if route in ROUTE_TARGETS:
+        return ROUTE_TARGETS[route], {}
+    raise unknown_name("method route", route, ["meta", *ROUTE_TARGETS])
+
+
+#: The builders of the other routes' stored configs without ``_target_``.
+ROUTE_TARGETS = {"process": "genfield.processes.build_process", "baseline": "genfield.fitting.RandomInitFit"}
 
 
 def build_method(
     cfg: Mapping[str, Any], field: Field, bundle: DataBundle | Mapping[str, Any]
 ) -> Reconstructor:
-    """A meta-learner, a neural process or the random-init baseline, by ``cfg['route']``.
+    """The meta-learner, neural process or baseline ``cfg['_target_']`` names, built on ``field``
+    with ``cfg['options']`` (``by_kind`` entries of the data kind merged over them).
 
-    ``bundle`` is a :class:`DataBundle` or a mapping ``{kind, head, in_dim}`` (see
-    :func:`build_field_for`).
+    A target is called with the field; a neural-process target (``route: process``, a builder of
+    named presets such as :func:`genfield.processes.build_process`) with the method's name, the
+    field and the data kind. ``bundle`` is a :class:`DataBundle` or a mapping ``{kind, head,
+    in_dim}`` (see :func:`build_field_for`).
     """
     name, route = str(cfg.get("name")), str(cfg.get("route", "meta"))
-    options = dict(cfg.get("options") or {})
-    if route == "meta":
-        from genfield.meta import build_meta_learner
-
-        return build_meta_learner(name, field, kind=resolved_data(bundle)["kind"], **options)
+    kind = resolved_data(bundle)["kind"]
+    target, fixed = method_target(cfg)
+    options = {**fixed, **options_for_kind(cfg.get("options") or {}, kind, f"method {name!r}")}
     if route == "process":
-        from genfield.processes import build_process
+        return partial_target(target, options, "method._target_", positional=3)(name, field, kind)
+    return partial_target(target, options, "method._target_")(field)
 
-        return build_process(name, field, resolved_data(bundle)["kind"], **options)
-    if route == "baseline":
-        from genfield.fitting import RandomInitFit
 
-        return RandomInitFit(field, **options)
-    raise unknown_name("method route", route, ["meta", "process", "baseline"])
+def with_targets(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run config stored before configs named their classes, with the ``_target_`` (and the options
+    its method's name fixed) it was built with: what the same run's config holds today, so that
+    resuming it compares equal."""
+    config = copy.deepcopy(dict(config))
+    method, field = config.get("method"), config.get("field")
+    if isinstance(method, Mapping) and method.get("_target_") is None and "name" in method:
+        target, fixed = method_target(method)
+        options = {**fixed, **(method.get("options") or {})}
+        config["method"] = {"_target_": target, **method, "options": options}
+    if isinstance(field, Mapping) and field.get("_target_") is None:
+        config["field"] = {"_target_": FIELD_TARGET, **field}
+    return config
 
 
 def plain(cfg: Any) -> dict[str, Any]:

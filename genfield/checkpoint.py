@@ -1,21 +1,18 @@
 """Checkpoints: one safetensors file holding weights, optimizer state, RNG state and the config.
 
-A checkpoint is written atomically (a temporary file in the same folder, flushed and fsynced, then
-``os.replace``), so an interrupted run never leaves a half-written file: the previous checkpoint stays
-intact until the new one is complete. The temporary file is named ``.<name>.<pid>.<random>.tmp``
-and created with the process umask (like any output file, not mode 0600); one that a SIGKILL left
-behind is removed by the next write of the same checkpoint. The resolved config and the genfield
-version travel in the file's metadata, so a checkpoint can be checked against the config it is
-loaded into.
+A checkpoint is written atomically (:func:`genfield.outputs.atomic_write`: a temporary file in the
+same folder, flushed and fsynced, then ``os.replace``), so an interrupted run never leaves a
+half-written file: the previous checkpoint stays intact until the new one is complete. A temporary
+file that a SIGKILL left behind is removed by the next write of the same checkpoint. The resolved
+config and the genfield version travel in the file's metadata, so a checkpoint can be checked
+against the config it is loaded into.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors.torch import load_file, safe_open
@@ -23,6 +20,7 @@ from safetensors.torch import save as serialize
 
 import genfield
 from genfield.errors import InputError
+from genfield.outputs import atomic_write
 
 _MODEL, _OPTIM, _RNG = "model/", "optimizer/", "rng/"
 
@@ -72,23 +70,14 @@ def save_checkpoint(
     tensors[_RNG + "torch"] = torch.get_rng_state()
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
         stale.unlink(missing_ok=True)
-    temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with atomic_write(path) as file:
+        save_file(tensors, file, metadata=metadata)
     return path
 
 
-def save_file(tensors: dict[str, torch.Tensor], filename: Path, metadata: dict[str, str]) -> None:
-    """safetensors' ``save_file`` into a new file created with the process umask (safetensors'
-    own makes it mode 0600), flushed and fsynced."""
-    with os.fdopen(os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as file:
-        file.write(serialize(tensors, metadata=metadata))
-        file.flush()
-        os.fsync(file.fileno())
+def save_file(tensors: dict[str, torch.Tensor], file: BinaryIO, metadata: dict[str, str]) -> None:
+    """safetensors' serialisation of ``tensors`` and ``metadata`` into an open file."""
+    file.write(serialize(tensors, metadata=metadata))
 
 
 def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import contextlib
 import csv
 import functools
 import math
-import os
 import signal
 import tempfile
 import threading
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from genfield.errors import InputError
+from genfield.outputs import atomic_write
 
 CHECKPOINT = Path("checkpoints") / "last.safetensors"
 METRICS, VALIDATION = "metrics.csv", "validation.csv"
@@ -72,6 +72,7 @@ def check_run_folder(out_dir: Path, config: Mapping[str, Any]) -> int | None:
     ``overwrite`` is set, when both are, when a resumed checkpoint was trained with another config
     (listing the keys), and when ``train.steps`` is below the checkpoint's step.
     """
+    from genfield.builders import with_targets
     from genfield.checkpoint import config_differences
 
     resume, overwrite = bool(config.get("resume")), bool(config.get("overwrite"))
@@ -91,7 +92,7 @@ def check_run_folder(out_dir: Path, config: Mapping[str, Any]) -> int | None:
         )
     differences = [
         d
-        for d in config_differences(_without(stored["config"]), _without(dict(config)))
+        for d in config_differences(_without(with_targets(stored["config"])), _without(dict(config)))
         if not _resumable(d.split(":", 1)[0])
     ]
     if differences:
@@ -187,13 +188,11 @@ def keep_rows(path: Path, keep: Callable[[int], bool]) -> None:
 
 
 def _write(path: Path, rows: list[Mapping[str, Any]], names: list[str]) -> None:
-    """Replace a CSV log atomically (a temporary file beside it, then ``os.replace``)."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("w", newline="") as file:
+    """Replace a CSV log atomically (:func:`~genfield.outputs.atomic_write`)."""
+    with atomic_write(path, "w") as file:
         writer = csv.DictWriter(file, fieldnames=names)
         writer.writeheader()
         writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
-    os.replace(temporary, path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -95,11 +95,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def _world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the running ``torch.distributed`` group, ``(0, 1)`` without one."""
-    return process_world()
-
-
 def shard(batch: SignalBatch, rank: int, world: int) -> SignalBatch:
     """This rank's contiguous share of a meta-batch: signals ``[rank S/W, (rank + 1) S/W)``.
 
@@ -189,7 +184,7 @@ def train(
     boundary with a checkpoint and raise :class:`~genfield.runfiles.Interrupted`.
     """
     out_dir = Path(out_dir)
-    rank, world = _world()
+    rank, world = process_world()
     checkpoint = out_dir / "checkpoints" / "last.safetensors"
     best_checkpoint = checkpoint.with_name("best.safetensors")
     parameters = [p for p in method.parameters() if p.requires_grad]

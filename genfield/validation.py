@@ -9,7 +9,8 @@ true). Each command's config is checked here against a small schema -- a table o
 
 Group keys (``data.*``, ``field.options.*``, ``method.options.*``, also under ``by_kind``) are
 checked by their leaf name wherever they occur, so a data or method config only lists what it
-uses. Keys the schema does not know pass unchecked (the builders name unknown options).
+uses. Keys the schema does not know pass unchecked (the builders name unknown options). A ``_target_``
+(the class or function a method or field config names) must import.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ GROUP_RULES: dict[str, Rule] = {
         POSITIVE,
     ),
     "cg_damping": NONNEGATIVE,
-    **dict.fromkeys(["antithetic", "learn_obs_noise", "meta_sgd"], BOOLEAN),
+    **dict.fromkeys(["antithetic", "learn_obs_noise", "meta_sgd", "first_order"], BOOLEAN),
 }
 #: random_init's options: its fit's steps and learning rate.
 BASELINE_RULES = {"steps": COUNT, "lr": POSITIVE}
@@ -201,8 +202,22 @@ def check_device(name: Any, key: str = "device") -> None:
             )
 
 
+def check_target(node: Any, prefix: str, positional: int = 1) -> None:
+    """A group entry's ``_target_`` imports (:func:`genfield.targets.locate`), where it names one,
+    and its signature takes every option (also those under ``by_kind``)."""
+    if not isinstance(node, Mapping) or node.get("_target_") is None:
+        return
+    from genfield.targets import check_options
+
+    options = dict(node.get("options") or {})
+    by_kind = options.pop("by_kind", None) or {}
+    given = set(options).union(*(o for o in by_kind.values() if isinstance(o, Mapping)))
+    check_options(node["_target_"], given, f"{prefix}._target_", positional)
+
+
 def _check_method(method: Mapping[str, Any], prefix: str) -> None:
     baseline = method.get("route") == "baseline"
+    check_target(method, prefix, positional=3 if method.get("route") == "process" else 1)
     check_group(method.get("options"), f"{prefix}.options", BASELINE_RULES if baseline else GROUP_RULES)
     if "lr" in method:
         (NONNEGATIVE if baseline else POSITIVE).check(f"{prefix}.lr", method["lr"])
@@ -213,6 +228,7 @@ def validate_train(config: Mapping[str, Any]) -> None:
     check_rules(config, TRAIN_RULES)
     check_device(config.get("device", "auto"))
     check_group(config.get("data"), "data")
+    check_target(config.get("field"), "field")
     check_group(config.get("field", {}).get("options"), "field.options")
     method = config.get("method", {})
     _check_method(method, "method")

@@ -52,9 +52,8 @@ def test_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatc
     path = save_checkpoint(tmp_path / "last.safetensors", model, step=1)
     before = path.read_bytes()
 
-    def crash(*args, **kwargs):
-        with open(args[1], "wb") as partial:
-            partial.write(b"half a checkpoint")
+    def crash(tensors, file, metadata):
+        file.write(b"half a checkpoint")
         raise KeyboardInterrupt  # killed in the middle of writing
 
     monkeypatch.setattr("genfield.checkpoint.save_file", crash)

@@ -339,7 +339,7 @@ def test_mean_shape_averages_each_training_shapes_nearest_sample():
 def test_nearest_view_copies_the_context_view_closest_to_the_target_camera():
     positions = np.array([[3.0, 0.0, 0.5], [0.0, 3.0, 0.5], [2.9, 0.4, 0.6], [-3.0, 0.2, 0.0]])
     images = torch.rand(4, 6, 6, 3, generator=torch.Generator().manual_seed(0))
-    c2w = torch.tensor(np.stack([look_at(p) for p in positions]), dtype=torch.float32)
+    c2w = look_at(torch.as_tensor(positions)).float()
     scene = ViewSignal(images, c2w, focal=6.0, cx=3.0, cy=3.0, near=1.0, far=5.0, name="s")
     split = ViewSplit(n_context_views=3, n_target_views=1, rays_per_signal=None, n_samples=4)
     batch = split([scene, scene], torch.Generator().manual_seed(3))

@@ -17,9 +17,8 @@ from test_meta_gradients import cosine, finite_differences, flat, newton, tiny_b
 from genfield.comparison import load_group
 from genfield.fields import build_field
 from genfield.meta import build_meta_learner
-from genfield.meta.ibaml import _split
 from genfield.meta.likelihood import gaussian_nll
-from genfield.meta.tree import leaves
+from genfield.meta.tree import leaves, tree_leaves
 
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
@@ -42,8 +41,8 @@ def converged_gradient(learner, batch, names):
     start = learner.adapt_posterior(batch.context, batch.forward_map, noise, 200)
     v_star = newton(free_energy, start, iterations=8)
     with torch.enable_grad():
-        leaves = {k: t.detach().requires_grad_() for k, t in v_star.items()}
-        stationarity = torch.autograd.grad(free_energy(leaves), list(leaves.values()))
+        at = leaves(v_star)
+        stationarity = torch.autograd.grad(free_energy(at), tree_leaves(at))
     assert flat(dict(enumerate(stationarity))).abs().max() < 1e-9  # the reference is converged
 
     def outer():
@@ -93,9 +92,7 @@ def test_default_inner_steps_reach_the_posterior_variance_fixed_point():
     v_star = newton(
         lambda t: learner.free_energy(t, noise, batch.context, batch.forward_map).sum(), v, iterations=8
     )
-    _, rho = _split(v)
-    _, rho_star = _split(v_star)
-    assert (flat(rho) - flat(rho_star)).abs().max() < 1e-2
+    assert (flat(v.rho) - flat(v_star.rho)).abs().max() < 1e-2
 
 
 def test_default_curvature_is_the_hessian_where_observations_are_linear_in_the_weights():
@@ -119,12 +116,11 @@ def test_default_curvature_is_the_hessian_where_observations_are_linear_in_the_w
     with torch.enable_grad():
         pred = learner.sample_observations(v, noise, batch.context.queries, batch.forward_map)
         nll = gaussian_nll(pred, batch.context.values, learner.log_sigma).mean(0).sum()
-        grad_nll = torch.autograd.grad(nll, list(v.values()), create_graph=True)
+        grad_nll = torch.autograd.grad(nll, tree_leaves(v), create_graph=True)
         hvp, diagonal = learner.curvature_operator(v, pred, grad_nll)
         columns = [flat(hvp(unflat(e, v))) for e in torch.eye(len(flat(v)))]
     _, l = learner.prior()
-    _, rho = _split(v)
-    for k in rho:  # the floor of rho_curvature is not what makes the two agree
-        assert (diagonal[f"rho/{k}"] > 0.25 * torch.exp(rho[k] - l[k].detach()) + 1e-6).all()
+    for k, rho in v.rho.items():  # the floor of rho_curvature is not what makes the two agree
+        assert (diagonal.rho[k] > 0.25 * torch.exp(rho - l[k].detach()) + 1e-6).all()
     dense = torch.autograd.functional.hessian(lambda x: free_energy(unflat(x, v)), flat(v).detach())
     torch.testing.assert_close(torch.stack(columns, 1), dense, rtol=1e-8, atol=1e-10)

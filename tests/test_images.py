@@ -372,3 +372,15 @@ def test_iterate_batches_workers_give_the_same_batches():
     for a, b in zip(serial, parallel, strict=True):
         assert _summary(a)[0] == _summary(b)[0]
         assert torch.equal(a.context.values, b.context.values)
+
+
+def test_as_images_inverts_the_split_flattening_and_names_a_bad_count():
+    from genfield.datasets.images import as_images
+
+    images = torch.rand(2, 3, 5, 1, generator=torch.Generator().manual_seed(0))
+    signals = [ImageSignal(image, f"i{k}", (3, 5)) for k, image in enumerate(images)]
+    batch = ImageSplit(context_count=4)(signals, torch.Generator().manual_seed(1))  # target: every pixel
+    torch.testing.assert_close(as_images(batch.target.values, images), images)
+    torch.testing.assert_close(as_images(images, images.shape), images)  # images pass through
+    with pytest.raises(InputError, match="prediction"):
+        as_images(batch.target.values[:, :-1], images, "prediction")

@@ -14,6 +14,7 @@ from genfield.datasets.batch import Observations
 from genfield.errors import InputError
 from genfield.fields import build_field
 from genfield.meta import MetaStepSkipped, build_meta_learner
+from genfield.meta.tree import detached
 
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
@@ -38,7 +39,7 @@ def test_explicit_bayesian_gradient_approaches_implicit_as_k_grows():
         v = learner.adapt_posterior(batch.context, batch.forward_map, noise, k, create_graph=True)
         loss = learner.target_loss(v, noise, batch.target, batch.forward_map)
         explicit = flat(dict(zip(params, torch.autograd.grad(loss, list(params.values())))))
-        grads, _ = learner.implicit_gradient({n: t.detach() for n, t in v.items()}, noise, batch)
+        grads, _ = learner.implicit_gradient(detached(v), noise, batch)
         implicit = torch.cat([grads[n].reshape(-1) for n in params])
         errors.append(((explicit - implicit).norm() / implicit.norm()).item())
     assert all(a > b for a, b in zip(errors, errors[1:])), errors

@@ -17,8 +17,8 @@ from genfield.datasets.batch import Observations, SignalBatch
 from genfield.fields import build_field, grid_coords
 from genfield.forward import PointMap
 from genfield.meta import build_meta_learner
-from genfield.meta.ibaml import _split
 from genfield.meta.likelihood import mse
+from genfield.meta.tree import detached, tree_leaves, tree_unflatten
 
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
@@ -42,15 +42,17 @@ def tiny_field():
 
 
 def flat(tree):
-    return torch.cat([t.reshape(-1) for t in tree.values()])
+    """Every tensor of a parameter tree (a dict, or a container such as iBaML's posterior), in one vector."""
+    return torch.cat([t.reshape(-1) for t in tree_leaves(tree)])
 
 
 def unflat(vector, like):
-    out, start = {}, 0
-    for k, t in like.items():
-        out[k] = vector[start : start + t.numel()].reshape(t.shape)
+    """``vector`` cut into tensors shaped like ``like``'s, in its structure."""
+    out, start = [], 0
+    for t in tree_leaves(like):
+        out.append(vector[start : start + t.numel()].reshape(t.shape))
         start += t.numel()
-    return out
+    return tree_unflatten(out, like)
 
 
 def newton(objective, start, iterations=6):
@@ -217,7 +219,7 @@ def _ibaml_dense(learner, batch, noise, v):
             for k, p in theta.items():
                 p.copy_(t[k].detach())
         vt = unflat(vec, v)
-        mu, rho = _split(vt)
+        mu, rho = vt
         from genfield.meta.bayes import kl_diag_gaussians
 
         kl = sum(kl_diag_gaussians(mu[k], rho[k], t[f"m/{k}"], t[f"l/{k}"]).sum() for k in mu)
@@ -264,7 +266,7 @@ def test_ibaml_learned_noise_gradient_is_the_target_nll_gradient_by_default(nois
     got = learner.meta_gradient(batch)["log_sigma"]
     noise = learner.draw_noise(batch.num_signals)
     v = learner.adapt_posterior(batch.context, batch.forward_map, noise, learner.inner_steps)
-    v = {k: t.detach() for k, t in v.items()}
+    v = detached(v)
     direct = torch.autograd.grad(
         learner.target_loss(v, noise, batch.target, batch.forward_map), learner.log_sigma
     )[0]

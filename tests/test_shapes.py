@@ -11,7 +11,7 @@ import pytest
 import torch
 import trimesh
 
-from genfield.datasets.procedural_shapes import ProceduralShapes
+from genfield.datasets.builtin.shapes import ProceduralShapes
 from genfield.datasets.sampling import iterate_batches
 from genfield.datasets.shapes import (
     MeshFolder,

@@ -48,7 +48,7 @@ def write_nerf_scene(
         folder = root / split
         folder.mkdir(exist_ok=True)
         iio.imwrite(folder / f"r_{k}.png", rgba)
-        c2w = look_at(rng.normal(size=3) * 2 + np.array([0.0, 0.0, 4.0]))
+        c2w = look_at(rng.normal(size=3) * 2 + np.array([0.0, 0.0, 4.0])).numpy()
         frames.append(
             {
                 "file_path": f"./{split}/r_{k}" + (".png" if extension and k == 0 else ""),
@@ -221,7 +221,7 @@ def write_srn_object(root: Path, n_views: int = 3, size: int = 8, seed: int = 0)
     opengl = []
     for k in range(n_views):
         iio.imwrite(root / "rgb" / f"{k:06d}.png", rng.integers(0, 256, (size, size, 3), np.uint8))
-        c2w = look_at(rng.normal(size=3) + np.array([0.0, -1.5, 0.5]))
+        c2w = look_at(rng.normal(size=3) + np.array([0.0, -1.5, 0.5])).numpy()
         opencv = c2w @ np.diag([1.0, -1.0, -1.0, 1.0])
         (root / "pose" / f"{k:06d}.txt").write_text(" ".join(f"{v:.10f}" for v in opencv.ravel()))
         opengl.append(c2w)
@@ -314,7 +314,7 @@ def test_loaded_cameras_render_the_ray_cast_silhouette(tmp_path):
     frames = []
     (tmp_path / "train").mkdir()
     for k, position in enumerate([[4.0, 0.5, 1.0], [-1.0, 3.5, 2.0]]):
-        c2w = look_at(np.array(position))
+        c2w = look_at(np.array(position)).numpy()
         iio.imwrite(tmp_path / "train" / f"r_{k}.png", raycast_rgba(mesh, colours, c2w, focal, size))
         frames.append({"file_path": f"train/r_{k}.png", "transform_matrix": c2w.tolist()})
     (tmp_path / "transforms_train.json").write_text(json.dumps({"camera_angle_x": ANGLE, "frames": frames}))
@@ -343,7 +343,7 @@ def toy_signals(n: int = 3, views: int = 5, size=(4, 5)) -> list[ViewSignal]:
     for s in range(n):
         c2w = torch.stack(
             [
-                torch.from_numpy(look_at(np.array([2.5 * math.cos(a), 2.5 * math.sin(a), 1.0]))).float()
+                look_at(np.array([2.5 * math.cos(a), 2.5 * math.sin(a), 1.0])).float()
                 for a in torch.linspace(0, 6, views).tolist()
             ]
         )

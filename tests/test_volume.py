@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from genfield.forward import ForwardMap, build_forward_map
+from genfield.forward import build_forward_map
 from genfield.forward.volume import VolumeRenderer, camera_rays, cube_interval, ray_queries, sample_pdf
 
 
@@ -127,10 +127,26 @@ def test_ray_queries_clip_to_the_cube():
 # the renderer
 
 
-def test_renderer_is_a_forward_map():
+def test_the_built_renderer_observes_a_homogeneous_cube_as_the_beer_lambert_law_says():
+    """Through the forward-map call ``map(field_fn, queries)``: a field of constant density ``sigma``
+    and colour ``c`` seen through the cube (a chord of 2) composites to ``c (1 - T) + T`` on white,
+    ``T = exp(-2 sigma)``, whatever the samples (piecewise-constant quadrature is exact here)."""
     renderer = build_forward_map("volume", n_samples=8)
-    assert isinstance(renderer, VolumeRenderer) and isinstance(renderer, ForwardMap)
-    assert renderer.name == "volume" and not renderer.deterministic().stratified
+    assert renderer.name == "volume" and renderer.measurement == "radiance" and not renderer.linear
+    assert renderer.out_channels(4) == 3  # density + RGB in, RGB out
+    sigma, colour = 0.7, torch.tensor([0.2, 0.5, 0.8], dtype=torch.float64)
+
+    def field_fn(points: torch.Tensor) -> torch.Tensor:
+        density = torch.full((*points.shape[:-1], 1), sigma, dtype=points.dtype)
+        return torch.cat([density, colour.expand(*points.shape[:-1], 3)], dim=-1)
+
+    queries = axis_rays([0.0, 0.3, 0.9])
+    transmittance = math.exp(-2 * sigma)
+    expected = (colour * (1 - transmittance) + transmittance).expand(3, 3)
+    torch.testing.assert_close(renderer(field_fn, queries), expected)  # stratified samples
+    deterministic = renderer.deterministic()
+    assert not deterministic.stratified
+    torch.testing.assert_close(deterministic(field_fn, queries), expected)
 
 
 @pytest.mark.parametrize("n_importance", [0, 64])

@@ -25,13 +25,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from einops import rearrange
 from skimage.transform import iradon_sart
 
 from genfield.classical.base import pixel_prediction, require_kind
 from genfield.datasets.batch import SignalBatch
 from genfield.errors import InputError
-from genfield.forward.ct import as_sinogram, fbp
+from genfield.forward.ct import as_sinogram, fbp, to_skimage
 from genfield.interface import Prediction
 
 
@@ -48,11 +47,6 @@ def fbp_images(batch: SignalBatch, filter_name: str | None = "ramp") -> torch.Te
     """Filtered back-projection ``(S, H, W)`` of each signal's context projections."""
     sinogram, angles = context_sinograms(batch)
     return fbp(sinogram, angles, output_size=batch.ground_truth.shape[1], filter_name=filter_name)
-
-
-def to_skimage(sinogram: torch.Tensor, resolution: int) -> np.ndarray:
-    """One genfield sinogram ``(A, D)`` as skimage's ``(D, A)`` pixel sums (float64)."""
-    return rearrange(sinogram.detach().cpu().double(), "a d -> d a").numpy() * (resolution / 2)
 
 
 def sart(sinogram: torch.Tensor, angles: torch.Tensor, resolution: int, iterations: int = 5) -> torch.Tensor:

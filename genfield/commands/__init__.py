@@ -1,1 +1,6 @@
-"""Hydra applications of the CLI commands other than ``train`` (see :mod:`genfield.app`)."""
+"""The CLI commands, one module each: ``fit``, ``train``, ``reconstruct``, ``compare``, ``demo``.
+
+``genfield.cli`` parses the command name and dispatches (``fit`` with argparse, the others as Hydra
+applications through :func:`genfield.app.run_hydra_command`); :mod:`genfield.commands.base` holds
+what they share.
+"""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from genfield.app import CONFIG_PATH, _guard, run_dir
+from genfield.commands.base import CONFIG_PATH, guard, run_dir
 from genfield.commands.compare import run as run_compare
 
 
@@ -27,4 +27,4 @@ def run(cfg: DictConfig) -> None:
 
 @hydra.main(version_base="1.3", config_path="../" + CONFIG_PATH, config_name="demo")
 def app(cfg: DictConfig) -> None:
-    _guard(lambda: run(cfg))
+    guard(lambda: run(cfg))

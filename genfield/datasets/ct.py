@@ -24,13 +24,12 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from genfield.datasets.angles import ANGLE_SCHEMES, draw_angles
 from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.decoding import LUMINANCE
 from genfield.errors import InputError
 from genfield.fields.coords import axis_coords
 from genfield.forward.ct import SUPPORTS, ParallelBeamProjection, ct_queries, project_image
-
-#: Luminance weights of ``skimage.color.rgb2gray`` (ITU-R BT.709), as for image datasets.
-LUMINANCE = (0.2125, 0.7154, 0.0721)
 
 #: The modified Shepp-Logan phantom (Toft 1996): ``(value, a, b, x0, y0, phi in degrees)``.
 MODIFIED_SHEPP_LOGAN = (
@@ -260,22 +259,16 @@ class SinogramImageDataset:
 # Context / target split
 # --------------------------------------------------------------------------------------------------
 
-ANGLE_SCHEMES = ("random", "even")
-
-
-def draw_angles(
-    scheme: str, n_signals: int, n_angles: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Projection angles ``(S, A)`` in [0, pi), ascending.
-
-    ``"even"``: ``pi k / A`` for every signal; ``"random"``: independent uniform draws per signal.
-    """
-    if scheme == "even":
-        return (torch.arange(n_angles) * (math.pi / n_angles)).expand(n_signals, n_angles).clone()
-    if scheme == "random":
-        angles = torch.rand(n_signals, n_angles, generator=generator, dtype=torch.float64) * math.pi
-        return angles.sort(dim=-1).values.float()
-    raise InputError(f"angle scheme {scheme!r} must be one of {', '.join(ANGLE_SCHEMES)}")
+def project_slices(
+    slices: torch.Tensor, angles: torch.Tensor, n_detectors: int, n_samples: int, support: str = "disc"
+) -> Observations:
+    """Projections of slices ``(S, H, H, 1)`` at angles ``(S, A)``: angle-major queries ``(S, A * D, 2)``
+    and line integrals ``(S, A * D, 1)`` of the slices' bilinear interpolants (see :class:`CTSplit`)."""
+    queries = ct_queries(angles, n_detectors)
+    values = torch.cat(  # one signal at a time bounds the memory of the ray samples
+        [project_image(slices[s : s + 1], queries[s : s + 1], n_samples, support) for s in range(len(slices))]
+    )
+    return Observations(queries, values)
 
 
 @dataclass
@@ -371,14 +364,7 @@ class CTSplit:
         )
 
         def observe(angles: torch.Tensor) -> Observations:
-            queries = ct_queries(angles, n_det)  # (S, A * D, 2)
-            values = torch.cat(  # one signal at a time bounds the memory of the ray samples
-                [
-                    project_image(slices[s : s + 1], queries[s : s + 1], n_samples, self.support)
-                    for s in range(n_signals)
-                ]
-            )
-            return Observations(queries, values)
+            return project_slices(slices, angles, n_det, n_samples, self.support)
 
         return SignalBatch(
             kind="ct",

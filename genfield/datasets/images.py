@@ -1,66 +1,47 @@
 """Image datasets (a lazy folder of files, an in-memory list) and the image context/target split.
 
-Every image is turned into the same canonical form, whatever its file format:
-
-1. decode the first frame (GIF) or page (TIFF), honouring the EXIF orientation of photographs;
-2. scale the integer range to [0, 1] (``uint8 / 255``, ``uint16 / 65535``; floats are taken to be in
-   [0, 1] already and clipped; a NaN or infinity is an error);
-3. composite an alpha channel on white, ``rgb * a + (1 - a)``;
-4. convert to grey with the luminance weights of ``skimage.color.rgb2gray`` (ITU-R BT.709,
-   ``0.2125 R + 0.7154 G + 0.0721 B``) or replicate a grey image to RGB, so that every item of a
-   dataset has the same number of channels;
-5. centre-crop to a square and resize to ``size x size`` with an antialiased bilinear filter (the
-   CelebA protocol of Learned Initializations and TransINR crops the 178 x 218 faces to 178 x 178).
-
-The result is a float32 tensor ``(size, size, C)`` in [0, 1].
+Every image is turned into the same canonical form, whatever its file format: decoded to float32
+``(H, W, 1|3)`` in [0, 1] (:mod:`~genfield.datasets.decoding`: first frame, EXIF orientation, alpha
+on white, one luminance), then centre-cropped to a square and resized to ``size x size`` with an
+antialiased bilinear filter (the CelebA protocol of Learned Initializations and TransINR crops the
+178 x 218 faces to 178 x 178). The result is a float32 tensor ``(size, size, C)`` in [0, 1].
 """
 
 from __future__ import annotations
 
+import math
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.decoding import (  # noqa: F401  (re-exported: their home before decoding.py)
+    IMAGE_EXTENSIONS,
+    LUMINANCE,
+    canonical_colours,
+    composite_on_white,
+    read_image,
+    to_grey,
+    to_rgb,
+    to_unit_range,
+)
+from genfield.datasets.files import (
+    SkipUnreadable,
+    UnreadableFileError,
+    list_files,
+    normalize_extensions,
+    one_line,
+)
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
 from genfield.forward import PointMap
-
-#: Luminance weights of ``skimage.color.rgb2gray`` (ITU-R BT.709).
-LUMINANCE = (0.2125, 0.7154, 0.0721)
-
-_TIFF = (".tif", ".tiff")
-
-
-def _webp_supported() -> bool:
-    try:
-        from PIL import features
-
-        return bool(features.check("webp"))
-    except Exception:  # Pillow without the features module: assume no WebP
-        return False
-
-
-#: File extensions an :class:`ImageFolder` lists (lower case; matching ignores case).
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".gif",
-    *((".webp",) if _webp_supported() else ()),
-)
 
 
 class UnreadableImageWarning(UserWarning):
@@ -82,76 +63,8 @@ class ImageSignal:
 
 
 # --------------------------------------------------------------------------------------------------
-# Decoding and canonical form
+# Square crops
 # --------------------------------------------------------------------------------------------------
-
-
-def _channels_last(array: np.ndarray) -> np.ndarray:
-    """Bring a decoded array to ``(H, W, C)`` with ``C`` in 1..4 (first frame/plane of stacks)."""
-    while array.ndim > 3:
-        array = array[0]
-    if array.ndim == 2:
-        return array[..., None]
-    if array.ndim == 3 and array.shape[-1] <= 4:
-        return array
-    if array.ndim == 3 and array.shape[0] <= 4:  # planar TIFF: (C, H, W)
-        return np.moveaxis(array, 0, -1)
-    if array.ndim == 3:  # a stack of grey frames: keep the first
-        return array[0][..., None]
-    raise ValueError(f"unsupported image array shape {array.shape}")
-
-
-def to_unit_range(array: np.ndarray) -> np.ndarray:
-    """Scale a decoded array to float32 in [0, 1] by its dtype's range (floats are clipped)."""
-    if array.dtype == np.bool_:
-        return array.astype(np.float32)
-    if np.issubdtype(array.dtype, np.integer):
-        top = float(np.iinfo(array.dtype).max)
-        return np.clip(array.astype(np.float64) / top, 0.0, 1.0).astype(np.float32)
-    return np.clip(array.astype(np.float32), 0.0, 1.0)
-
-
-def composite_on_white(image: np.ndarray) -> np.ndarray:
-    """Drop an alpha channel by compositing on white: ``c * a + (1 - a)``. ``(H, W, 2|4)`` in."""
-    if image.shape[-1] not in (2, 4):
-        return image
-    colour, alpha = image[..., :-1], image[..., -1:]
-    return colour * alpha + (1.0 - alpha)
-
-
-def to_grey(image: np.ndarray) -> np.ndarray:
-    """RGB ``(H, W, 3)`` to luminance ``(H, W, 1)`` with :data:`LUMINANCE`; grey passes through."""
-    if image.shape[-1] == 1:
-        return image
-    return (image @ np.asarray(LUMINANCE, dtype=image.dtype))[..., None]
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Grey ``(H, W, 1)`` to RGB by replication; RGB passes through."""
-    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-
-
-def canonical_colours(image: np.ndarray, grey: bool) -> np.ndarray:
-    """Any decoded ``(H, W, 1..4)`` array in [0, 1] to ``(H, W, 1)`` (grey) or ``(H, W, 3)``."""
-    image = composite_on_white(image)
-    return to_grey(image) if grey else to_rgb(image)
-
-
-def read_image(path: str | os.PathLike, grey: bool = False) -> np.ndarray:
-    """Decode the first frame of an image file to float32 ``(H, W, 1|3)`` in [0, 1].
-
-    Raises whatever the decoder raises for an unreadable file, and :class:`InputError` for an image
-    holding NaN or infinity.
-    """
-    path = os.fspath(path)
-    if path.lower().endswith(_TIFF):
-        array = iio.imread(path, plugin="tifffile", page=0)
-    else:  # Pillow sniffs the content, so a mislabelled file still decodes
-        array = iio.imread(path, plugin="pillow", index=0, rotate=True)
-    array = _channels_last(np.asarray(array))
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise InputError(f"image {path} contains NaN or infinite values")
-    return canonical_colours(to_unit_range(array), grey)
 
 
 def center_crop_square(image: torch.Tensor) -> torch.Tensor:
@@ -194,24 +107,6 @@ def _check_size(size: int | None) -> None:
         raise InputError(f"image size must be a positive integer or None, got {size!r}")
 
 
-def _list_images(root: Path, recursive: bool, extensions: tuple[str, ...]) -> list[str]:
-    """Relative paths of the image files under ``root``, sorted; hidden entries are skipped."""
-    found: list[str] = []
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir():
-                    if recursive:
-                        stack.append(Path(entry.path))
-                elif entry.name.lower().endswith(extensions):
-                    found.append(os.path.relpath(entry.path, root))
-    return sorted(found)
-
-
 class ImageFolder:
     """A lazy dataset of the image files in a folder.
 
@@ -245,18 +140,15 @@ class ImageFolder:
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputError(f"image folder {self.root} does not exist or is not a folder")
-        self.extensions = tuple(
-            e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions
-        )
-        self.files = _list_images(self.root, recursive, self.extensions)
+        self.extensions = normalize_extensions(extensions)
+        self.files = list_files(self.root, self.extensions, recursive)
         if not self.files:
             where = "under" if recursive else "in"
             raise InputError(
-                f"no image files {where} {self.root} (accepted extensions: "
-                f"{', '.join(self.extensions)})"
+                f"no image files {where} {self.root} (accepted extensions: {', '.join(self.extensions)})"
             )
         self.size, self.grey, self.strict = size, grey, strict
-        self._unreadable: set[int] = set()
+        self._skip = SkipUnreadable("image", UnreadableImageWarning, strict)
 
     @property
     def channels(self) -> int:
@@ -275,34 +167,21 @@ class ImageFolder:
         image = square_image(array, self.size)
         return ImageSignal(image, self.files[index], tuple(array.shape[:2]))
 
+    def _read(self, index: int) -> ImageSignal:
+        try:
+            return self.load(index)
+        except InputError:  # a decoded image holding NaN: bad data, not an unreadable file
+            raise
+        except Exception as error:  # any decoder failure: OSError, SyntaxError, ValueError, ...
+            path = self.root / self.files[index]
+            raise UnreadableFileError(f"cannot read image {path}: {one_line(error)}") from error
+
     def __getitem__(self, index: int) -> ImageSignal:
-        n = len(self.files)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} images in {self.root}")
-        index %= n
-        for offset in range(n):
-            i = (index + offset) % n
-            if i in self._unreadable:
-                continue
-            try:
-                return self.load(i)
-            except InputError:
-                raise
-            except Exception as exc:  # any decoder failure: OSError, SyntaxError, ValueError, ...
-                path = self.root / self.files[i]
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                if self.strict:
-                    raise InputError(f"cannot read image {path}: {reason}") from exc
-                self._unreadable.add(i)
-                warnings.warn(
-                    f"skipping unreadable image {path}: {reason}", UnreadableImageWarning, 2
-                )
-        raise InputError(f"none of the {n} image files under {self.root} can be read")
+        return self._skip.item(index, len(self.files), self._read, self.root)
 
     def __repr__(self) -> str:
         return (
-            f"ImageFolder({str(self.root)!r}, {len(self)} images, size={self.size}, "
-            f"channels={self.channels})"
+            f"ImageFolder({str(self.root)!r}, {len(self)} images, size={self.size}, channels={self.channels})"
         )
 
 
@@ -373,9 +252,7 @@ class ImageSplit:
         """How many context pixels an image of ``num_pixels`` pixels gets."""
         if self.context_count is not None:
             if self.context_count > num_pixels:
-                raise InputError(
-                    f"context_count {self.context_count} exceeds the {num_pixels} image pixels"
-                )
+                raise InputError(f"context_count {self.context_count} exceeds the {num_pixels} image pixels")
             return self.context_count
         fraction = 1.0 if self.context_fraction is None else self.context_fraction
         return max(1, round(fraction * num_pixels))
@@ -427,6 +304,20 @@ class ImageSplit:
         )
 
 
+def as_images(values: torch.Tensor, like: torch.Tensor | Sequence[int], what: str = "values") -> torch.Tensor:
+    """Per-pixel values ``(S, H*W, C)`` (row-major, as :class:`ImageSplit` flattens them) as images
+    ``(S, H, W, C)`` of the shape of ``like`` (images, or their shape); images pass through.
+
+    A count that does not match raises :class:`~genfield.errors.InputError` naming ``what``.
+    """
+    shape = tuple(like.shape if isinstance(like, torch.Tensor) else like)
+    if values.numel() != math.prod(shape):
+        raise InputError(f"{what}: {tuple(values.shape)} does not match the images {shape}")
+    if values.dim() == 4:
+        return values.reshape(shape)
+    return rearrange(values, "s (h w) c -> s h w c", h=shape[1], w=shape[2])
+
+
 def context_mask(batch: Any) -> torch.Tensor | None:
     """``(S, H, W)`` true at the observed pixels of an image batch (``None`` without a pixel index).
 
@@ -440,4 +331,3 @@ def context_mask(batch: Any) -> torch.Tensor | None:
     mask = torch.zeros(batch.num_signals, height * width, dtype=torch.bool, device=index.device)
     mask.scatter_(1, index, True)
     return mask.reshape(-1, height, width)
-

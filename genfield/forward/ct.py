@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from einops import rearrange
 
@@ -65,6 +66,19 @@ def ct_queries(angles: torch.Tensor, n_detectors: int) -> torch.Tensor:
 def as_sinogram(values: torch.Tensor, n_detectors: int) -> torch.Tensor:
     """Angle-major observations ``(..., A * D, c)`` as sinograms ``(..., c, A, D)``."""
     return rearrange(values, "... (a d) c -> ... c a d", d=n_detectors)
+
+
+def from_skimage(sinogram: torch.Tensor) -> torch.Tensor:
+    """A ``skimage.transform.radon`` sinogram ``(D, A)`` of an ``N x N`` image (``D = N``, pixel
+    sums) in genfield's layout and units: ``(A, D)`` line integrals over a domain of side 2, i.e.
+    ``ours = skimage^T * 2 / N`` (the geometry in this module's docstring)."""
+    return rearrange(sinogram, "d a -> a d") * (2.0 / sinogram.shape[0])
+
+
+def to_skimage(sinogram: torch.Tensor, resolution: int) -> np.ndarray:
+    """One genfield sinogram ``(A, D)`` as skimage's ``(D, A)`` pixel sums (float64): the inverse of
+    :func:`from_skimage` for ``D = resolution``."""
+    return rearrange(sinogram.detach().cpu().double(), "a d -> d a").numpy() * (resolution / 2)
 
 
 def ray_points(
@@ -161,54 +175,6 @@ class ParallelBeamProjection(ForwardMap):
         flat = "... n k c -> ... (n k) c"
         return splat(rearrange(points, flat), rearrange(spread, flat), grid_shape)
 
-    def backproject_views(
-        self,
-        queries: torch.Tensor,
-        values: torch.Tensor,
-        points: torch.Tensor,
-        n_detectors: int,
-        filter_name: str | None = None,
-        offsets: tuple[float, ...] = (0.0,),
-    ) -> torch.Tensor:
-        """Per-view back-projection of measurements onto points: the continuous adjoint, unsummed.
-
-        This reads the profiles at points (pixel-driven, as :func:`backproject`); the exact adjoint
-        of this map's discretisation on grid fields is :meth:`adjoint`. The adjoint of the Radon
-        transform is ``(P^T y)(x) = sum_a y_a(x . e_perp(theta_a))``
-        (Kak & Slaney, eq. 3.45 without the filter): every projection smears its profile back along
-        its rays. This returns the terms of that sum, view by view, optionally filtered first
-        (``filter_name="ramp"``: ``(pi / A)`` times their sum is FBP at ``x``, :func:`fbp`) and read
-        at detector offsets ``t(x) + o * (2 / D)`` for each ``o`` in ``offsets`` (a window of
-        neighbouring bins, so a learned per-view function can act as a filter).
-
-        Args:
-            queries: ``(..., A * D, 2)`` angle-major ``(theta, t)`` at detector-bin centres
-                (:func:`ct_queries`).
-            values: ``(..., A * D, c)`` the measurements.
-            points: ``(..., P, 2)`` (row, column) points of the field domain.
-            n_detectors: ``D``, bins per projection.
-            filter_name: an FBP filter (:data:`FILTERS`) applied along each profile, or ``None``.
-            offsets: detector offsets in bins; values beyond the outer bin centres read as 0.
-
-        Returns:
-            ``(..., P, A, len(offsets) * c)`` with channels ordered (offset, channel).
-        Pure tensor code (no host syncs): runs under ``torch.func.vmap``.
-        """
-        angles = rearrange(queries[..., 0], "... (a d) -> ... a d", d=n_detectors)[..., 0]
-        sinogram = rearrange(values, "... (a d) c -> ... c a d", d=n_detectors)
-        if filter_name is not None:
-            sinogram = filter_sinogram(sinogram, filter_name)
-        cos, sin = torch.cos(angles)[..., None, :], torch.sin(angles)[..., None, :]  # (..., 1, A)
-        t = points[..., 1:2] * cos - points[..., 0:1] * sin  # (..., P, A)
-        shift = torch.tensor(offsets, dtype=t.dtype, device=t.device)
-        position = (t[..., None] + 1) * (n_detectors / 2) - 0.5 + shift  # (..., P, A, O)
-        # read per (channel, view): positions (..., c, A, P * O) in the sinogram (..., c, A, D)
-        n_points, n_off = position.shape[-3], position.shape[-1]
-        position = rearrange(position, "... p a o -> ... a (p o)").unsqueeze(-3)
-        position = position.expand(*position.shape[:-3], sinogram.shape[-3], *position.shape[-2:])
-        sampled = read_profiles(sinogram, position)
-        return rearrange(sampled, "... c a (p o) -> ... p a (o c)", p=n_points, o=n_off)
-
 
 def image_field(images: torch.Tensor) -> FieldFn:
     """The bilinear interpolant of pixel images ``(S, H, W, C)`` as a field on [-1, 1]^2.
@@ -299,8 +265,8 @@ def filter_sinogram(sinogram: torch.Tensor, filter_name: str | None = "ramp") ->
 def read_profiles(profiles: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """Projections ``(..., D)`` read at continuous bin positions ``(..., M)`` (bin ``k`` at ``k``).
 
-    Linear between bin centres and 0 beyond the outer ones: the interpolation of every pixel-driven
-    back-projection here (:func:`backproject`, :meth:`ParallelBeamProjection.backproject_views`).
+    Linear between bin centres and 0 beyond the outer ones: the interpolation of the pixel-driven
+    back-projection :func:`backproject`.
     """
     n_det = profiles.shape[-1]
     valid = (position >= 0) & (position <= n_det - 1)

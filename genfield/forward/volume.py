@@ -30,17 +30,20 @@ for a density that is constant on each interval (the midpoint rule for the optic
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 from einops import rearrange
 
-from genfield.errors import InputError
+from genfield.errors import InputError, unknown_name
 from genfield.forward.base import FieldFn, ForwardMap, PairedFieldFn, check_query_width
 
 #: Distance from the centre to a corner of the world cube [-1, 1]^3.
 CUBE_RADIUS = math.sqrt(3.0)
+#: World up axes a camera can be oriented by (:func:`look_at`).
+UP_AXES = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
 
 
 def camera_rays(
@@ -85,6 +88,32 @@ def camera_rays(
         directions = directions / directions.norm(dim=-1, keepdim=True)
     origins = torch.broadcast_to(c2w[..., None, :3, 3], directions.shape)
     return origins, directions
+
+
+def look_at(
+    eye: torch.Tensor, target: Sequence[float] = (0.0, 0.0, 0.0), up: str = "z"
+) -> torch.Tensor:
+    """Camera-to-world matrices ``(..., 4, 4)`` of cameras at ``eye`` ``(..., 3)`` facing a target.
+
+    OpenGL convention: the camera's ``-z`` axis points at the target and its ``+y`` axis is the
+    world ``up`` axis projected onto the image plane (``"z"``: Blender / NeRF-synthetic).
+    """
+    if up not in UP_AXES:
+        raise unknown_name("up axis", up, list(UP_AXES))
+    eye = torch.as_tensor(eye)
+    eye = eye if eye.is_floating_point() else eye.float()
+    world_up = torch.tensor(UP_AXES[up], dtype=eye.dtype, device=eye.device).expand_as(eye)
+    back = eye - torch.as_tensor(target, dtype=eye.dtype, device=eye.device)
+    back = back / back.norm(dim=-1, keepdim=True)
+    right = torch.linalg.cross(world_up, back, dim=-1)
+    right = right / right.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cam_up = torch.linalg.cross(back, right, dim=-1)
+    rotation = torch.stack([right, cam_up, back], dim=-1)  # columns: the camera axes in the world
+    c2w = torch.zeros(*eye.shape[:-1], 4, 4, dtype=eye.dtype, device=eye.device)
+    c2w[..., :3, :3] = rotation
+    c2w[..., :3, 3] = eye
+    c2w[..., 3, 3] = 1.0
+    return c2w
 
 
 def cube_interval(

@@ -3,9 +3,9 @@
 A kind (image, CT, shape, views, or one a user adds) is one object registered by name. It owns
 the input dimension and head of the field, building its data bundle from a data config, the dense
 queries on which a batch is evaluated, scoring a prediction there, the figures, the defaults a
-neural process takes for it, and its classical baselines. Everything else (``evaluate``,
-``write_figures``, ``run_comparison``, the train command) looks the spec up once, by
-``batch.kind``, and never branches on the kind::
+neural process takes for it, its classical baselines, and what ``genfield reconstruct`` reads and
+writes for it. Everything else (``evaluate``, ``write_figures``, ``run_comparison``, the train and
+reconstruct commands) looks the spec up once, by ``batch.kind``, and never branches on the kind::
 
     spec = get_kind(batch.kind)
     queries, query_map = spec.dense_queries(batch)
@@ -27,7 +27,7 @@ from torch.utils.data import Subset
 
 from genfield.datasets.batch import SignalBatch
 from genfield.errors import InputError, unknown_name
-from genfield.interface import Prediction
+from genfield.interface import Adapted, Prediction
 
 if TYPE_CHECKING:  # the baselines import scikit-image and SciPy: only when one is built
     from genfield.classical.base import Baseline
@@ -87,6 +87,9 @@ class KindSpec:
         process_defaults: per process name, the options a neural process takes on this kind unless
             its config says otherwise (precedence: preset < these < options < ``by_kind``).
         baselines: zero-argument factories of the kind's classical :class:`Baseline` objects.
+        accepts: the ``genfield reconstruct`` input types it reads
+            (:func:`~genfield.kinds.inputs.input_type`).
+        describe: those inputs in words, for the error that refuses another type.
     """
 
     name: str = ""
@@ -95,6 +98,8 @@ class KindSpec:
     tokenizer: str = "points"
     process_defaults: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
     baselines: tuple[Callable[[], Baseline], ...] = ()
+    accepts: tuple[str, ...] = ()
+    describe: str = "nothing (this kind has no reconstruct input reader)"
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
         """The field head for data config ``cfg`` whose signals have ``channels`` channels."""
@@ -103,6 +108,30 @@ class KindSpec:
     def build_data(self, cfg: Mapping[str, Any], seed: int) -> DataBundle:
         """The train / val / test collections and splits of data config ``cfg``."""
         raise NotImplementedError(f"kind {self.name!r} builds no data")
+
+    def splits(self, cfg: Mapping[str, Any]) -> tuple[Callable, Callable]:
+        """The ``(training, evaluation)`` splits of data config ``cfg`` (the one home of their defaults)."""
+        raise NotImplementedError(f"kind {self.name!r} has no splits")
+
+    def input_hint(self, given: str) -> str:
+        """A hint appended to the error refusing an input of type ``given`` (not in :attr:`accepts`)."""
+        return ""
+
+    def read_input(self, path: Path, given: str, run: Any, options: Mapping[str, Any]) -> SignalBatch:
+        """The observations of a ``genfield reconstruct`` input of type ``given`` (one of
+        :attr:`accepts`), made as ``run``'s evaluation split makes them from its data config.
+
+        ``run`` is a :class:`genfield.runs.Run`; ``options`` are the command's checked options.
+        The batch holds one signal on the CPU, with what :meth:`write_outputs` needs in its extras.
+        """
+        raise NotImplementedError(f"kind {self.name!r} reads no reconstruct input")
+
+    def write_outputs(
+        self, out: Path, batch: SignalBatch, adapted: Adapted, run: Any, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Predict from ``adapted`` (the method conditioned once on ``batch.context``), write the
+        kind's files into ``out`` and return its metrics for ``metrics.json``."""
+        raise NotImplementedError(f"kind {self.name!r} writes no reconstruct output")
 
     def dense_queries(self, batch: SignalBatch) -> tuple[torch.Tensor, Any]:
         """The queries and forward map on which ``batch`` is evaluated (default: its targets)."""
@@ -199,6 +228,14 @@ def option(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def given(cfg: Mapping[str, Any], *keys: str, **renamed: str) -> dict[str, Any]:
+    """The keyword arguments ``cfg`` sets (not missing, not null): ``keys`` as they are, and
+    ``renamed={argument: key}``. What the config leaves out takes the signature's default, so
+    each default lives once, in the class that uses it."""
+    names = {**{key: key for key in keys}, **renamed}
+    return {argument: cfg[key] for argument, key in names.items() if cfg.get(key) is not None}
+
+
 def require_folder(cfg: Mapping[str, Any], key: str = "root") -> Path:
     """The existing folder ``cfg[key]``; a missing key or folder raises :class:`InputError`."""
     root = cfg.get(key)
@@ -211,11 +248,11 @@ def require_folder(cfg: Mapping[str, Any], key: str = "root") -> Path:
 
 
 def three_way(dataset: Any, cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
-    """``dataset`` split into train / val / test by ``cfg.split_fractions`` (default 0.8 / 0.1 / 0.1)."""
+    """``dataset`` split into train / val / test by ``cfg.split_fractions`` (default: ``split_indices``'s)."""
     from genfield.datasets.sampling import split_indices
 
-    fractions = tuple(option(cfg, "split_fractions", (0.8, 0.1, 0.1)))
-    parts = split_indices(len(dataset), fractions, seed=seed)
+    fractions = {k: tuple(v) for k, v in given(cfg, fractions="split_fractions").items()}
+    parts = split_indices(len(dataset), seed=seed, **fractions)
     return tuple(Subset(dataset, parts[name].tolist()) for name in ("train", "val", "test"))
 
 

@@ -11,25 +11,33 @@ beat FBP from 8 views (processes/models.py).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import torch
+from einops import rearrange
 
-from genfield.datasets.batch import SignalBatch
-from genfield.interface import Prediction
+from genfield.datasets.batch import Observations, SignalBatch
+from genfield.errors import InputError
+from genfield.fields.coords import grid_coords
+from genfield.forward import PointMap
+from genfield.interface import Adapted, Prediction
 from genfield.kinds.base import (
     DataBundle,
     KindSpec,
     classical,
+    given,
     make_bundle,
     option,
     require_folder,
     three_way,
 )
 from genfield.kinds.image import image_scores, pixel_queries, prediction_images
+from genfield.kinds.inputs import finite_or_refuse, on_cpu, read_image_file, save_std
 
 
 class CTKind(KindSpec):
@@ -39,24 +47,105 @@ class CTKind(KindSpec):
     tokenizer = "projections"
     process_defaults = MappingProxyType({"ponp": {"local_features": True, "context_subsample": (1, 20)}})
     baselines = (classical("gaussian-prior"), classical("sart"), classical("fbp"), classical("mean"))
+    accepts = ("image", "sinogram")
+    describe = "a sinogram (.npy) or an image of a slice"
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
         return "attenuation"
 
     def build_data(self, cfg: Mapping[str, Any], seed: int) -> DataBundle:
+        return make_bundle(cfg, self.name, _slices(cfg, seed), self.head(cfg, 1), *self.splits(cfg))
+
+    def splits(self, cfg: Mapping[str, Any]) -> tuple[Callable, Callable]:
         from genfield.datasets.ct import CTSplit
 
-        parts = _slices(cfg, seed)
-        common = {"n_samples": cfg.get("n_samples"), "n_detectors": cfg.get("n_detectors")}
-        train_split = CTSplit(
-            n_context_angles=int(option(cfg, "n_context_angles", 20)),
-            context_angles=str(option(cfg, "context_angles", "random")),
-            **common,
-        )
+        common = given(cfg, "n_samples", "n_detectors")
+        train_split = CTSplit(**given(cfg, "n_context_angles", "context_angles"), **common)
         eval_split = CTSplit(
             n_context_angles=int(option(cfg, "eval_context_angles", 8)), context_angles="even", **common
         )
-        return make_bundle(cfg, self.name, parts, self.head(cfg, 1), train_split, eval_split)
+        return train_split, eval_split
+
+    def input_hint(self, given: str) -> str:
+        if given == "points":  # an (A, 3) array looks like a point cloud
+            return " (if it is a sinogram with 3 detector bins, say input_type=sinogram)"
+        return ""
+
+    def read_input(self, path: Path, given: str, run: Any, options: Mapping[str, Any]) -> SignalBatch:
+        """A slice image projected at ``angles`` as the evaluation split projects (it is the ground
+        truth), or a measured sinogram at its ``angles`` (no ground truth)."""
+        from genfield.datasets.angles import parse_angles
+        from genfield.datasets.ct import SinogramImageDataset, project_slices
+        from genfield.forward.ct import ParallelBeamProjection, ct_queries
+
+        split, resolution = self.splits(run.data)[1], int(option(run.data, "resolution", 32))
+        n_samples, truth = split.n_samples or resolution, None
+        if given == "image":
+            slice_image = torch.as_tensor(read_image_file(path, grey=True))
+            truth = SinogramImageDataset([slice_image], resolution=resolution)[0].image[None]  # (1, R, R, 1)
+            angles = parse_angles(options.get("angles"), split.n_context_angles, options.get("angle_unit"))
+            n_det = split.n_detectors or resolution
+            context = project_slices(truth, angles[None], n_det, n_samples, split.support)
+        else:
+            sinogram = read_sinogram(path, given, options)
+            angles = parse_angles(options.get("angles"), unit=options.get("angle_unit"))
+            if len(angles) != sinogram.shape[0]:
+                transposed = len(angles) == sinogram.shape[1]
+                raise InputError(
+                    f"sinogram {path} has {sinogram.shape[0]} rows (angles) but {len(angles)} angles were "
+                    f"given (rows are angles){SKIMAGE_HINT if transposed else ''}"
+                )
+            warn_if_pixel_sums(sinogram, path, options)
+            n_det = sinogram.shape[1]
+            context = Observations(ct_queries(angles[None], n_det), rearrange(sinogram, "a d -> 1 (a d) 1"))
+        return SignalBatch(
+            "ct",
+            ParallelBeamProjection(n_samples=n_samples, support=split.support),
+            context,
+            context,
+            metadata=[{"name": path.name, "path": str(path), "resolution": resolution}],
+            ground_truth=truth,
+            extras={"context_angles": angles[None], "n_detectors": n_det, "resolution": resolution},
+        )
+
+    def write_outputs(
+        self, out: Path, batch: SignalBatch, adapted: Adapted, run: Any, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The slice and its FBP (PNGs and the CT panel); PSNR and SSIM of both where the slice is known."""
+        from genfield.forward.ct import as_sinogram, fbp
+        from genfield.metrics import psnr, ssim
+        from genfield.viz.figures import ct_figure, save_image
+
+        resolution, n_det = batch.extras["resolution"], batch.extras["n_detectors"]
+        grid = grid_coords((resolution, resolution), device=run.device)[None]
+        prediction = on_cpu(adapted.predict(grid, PointMap()))
+        image = rearrange(prediction.mean, "1 (h w) 1 -> h w", h=resolution)
+        std = prediction.signal_std
+        std = None if std is None else rearrange(std, "1 (h w) 1 -> h w", h=resolution)
+        sinogram, angles = as_sinogram(batch.context.values, n_det)[0, 0], batch.extras["context_angles"][0]
+        baseline = fbp(sinogram, angles, output_size=resolution)
+        top = float(sinogram.abs().max())
+        hint = f"the sinogram's values (up to {top:.3g}) are far from the run's training data; rescale with "
+        results = (("reconstruction", image), ("FBP", baseline), ("predictive std", std))
+        finite_or_refuse(results, Path(batch.metadata[0]["path"]), hint + "sinogram_scale=")
+        save_image(out / "reconstruction.png", image.clamp(0, 1))
+        save_image(out / "fbp.png", baseline.clamp(0, 1))
+        metrics: dict[str, Any] = {
+            "n_angles": len(angles),
+            "n_detectors": n_det,
+            "resolution": resolution,
+            "std_max": save_std(out / "std.png", std),
+        }
+        truth = None if batch.ground_truth is None else batch.ground_truth[0]
+        if truth is not None:
+            slices = torch.stack([image.clamp(0, 1), baseline.clamp(0, 1)])[..., None]
+            reference = truth[None].expand(2, -1, -1, -1)
+            metrics.update(
+                dict(zip(("psnr", "psnr_fbp"), psnr(slices, reference).tolist(), strict=True)),
+                **dict(zip(("ssim", "ssim_fbp"), ssim(slices, reference).tolist(), strict=True)),
+            )
+        ct_figure(out / "ct.png", sinogram, baseline, image, truth, std, angles, data_range=1.0)
+        return metrics
 
     def dense_queries(self, batch: SignalBatch) -> tuple[torch.Tensor, Any]:
         return pixel_queries(batch)
@@ -126,3 +215,48 @@ def _slices(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
             for i, (s, n) in enumerate(counts.items())
         )
     return three_way(SinogramImageDataset(images, resolution=resolution), cfg, seed)
+
+
+#: Beyond this, line integrals of an attenuation image in [0, 1] over a domain of side 2 (at most 2)
+#: look like pixel sums: a hint about ``sinogram_units=skimage``.
+PLAUSIBLE_LINE_INTEGRAL = 4.0
+SKIMAGE_HINT = " (a skimage.transform.radon sinogram is (detectors, angles): give sinogram_units=skimage)"
+
+
+def read_sinogram(path: Path, given: str, options: Mapping[str, Any]) -> torch.Tensor:
+    """A sinogram ``(A, D)`` in domain units from a ``.npy`` or an image file, converted from
+    ``sinogram_units`` and scaled by ``sinogram_scale``; values beyond float32's comfort are refused."""
+    from genfield.forward.ct import from_skimage
+
+    if given == "sinogram" and path.suffix.lower() == ".npy":
+        try:
+            array = np.asarray(np.load(path), dtype=np.float64)
+        except (OSError, ValueError, TypeError) as error:
+            raise InputError(f"cannot read sinogram {path}: {str(error).splitlines()[0]}") from None
+    else:
+        array = read_image_file(path, grey=True)[..., 0].astype(np.float64)
+    if array.ndim != 2 or not np.isfinite(array).all():
+        raise InputError(f"sinogram {path} must be a finite 2-D array (angles, detectors), got {array.shape}")
+    sinogram = torch.as_tensor(array)
+    if options.get("sinogram_units", "domain") == "skimage":
+        sinogram = from_skimage(sinogram)
+    sinogram = sinogram * float(options.get("sinogram_scale", 1.0))
+    top = float(sinogram.abs().max())
+    if not top < 1e6:  # float32 field outputs and FBP overflow long before this: refuse, write nothing
+        raise InputError(
+            f"sinogram {path} holds values up to {top:.3g}; line integrals in domain units are expected "
+            "(an image in [0, 1] gives at most 2): rescale it with sinogram_scale="
+        )
+    return sinogram.float()
+
+
+def warn_if_pixel_sums(sinogram: torch.Tensor, path: Path, options: Mapping[str, Any]) -> None:
+    """A hint on stderr when a sinogram in domain units looks like pixel sums (skimage's units)."""
+    top = float(sinogram.abs().max())
+    if top > PLAUSIBLE_LINE_INTEGRAL and options.get("sinogram_units", "domain") == "domain":
+        print(
+            f"genfield: warning: sinogram {path} holds values up to {top:.3g}, more than line integrals "
+            "of an image in [0, 1] (at most 2); for a skimage.transform.radon sinogram give "
+            "sinogram_units=skimage",
+            file=sys.stderr,
+        )

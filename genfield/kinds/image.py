@@ -10,18 +10,20 @@ truth | context | per method reconstruction, error, std. CT reuses the pixel-gri
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import torch
-from einops import rearrange
 
-from genfield.datasets.batch import SignalBatch
-from genfield.datasets.images import context_mask
+from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.images import as_images, context_mask
+from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
 from genfield.forward import PointMap
-from genfield.interface import Prediction
+from genfield.interface import Adapted, Prediction
 from genfield.kinds.base import (
     DataBundle,
     KindSpec,
@@ -31,11 +33,12 @@ from genfield.kinds.base import (
     require_folder,
     three_way,
 )
+from genfield.kinds.inputs import on_cpu, read_image_file, save_std, seeded
 
 
-def as_images(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape ``(S, H*W, C)`` predictions to the ``(S, H, W, C)`` layout of ``like``."""
-    return rearrange(values, "s (h w) c -> s h w c", h=like.shape[1], w=like.shape[2])
+def image_size(cfg: Mapping[str, Any]) -> int:
+    """The side images of data config ``cfg`` are resized to (built-in data 32, a folder 64)."""
+    return int(option(cfg, "size", 64 if cfg.get("name") == "images" else 32))
 
 
 def pixel_queries(batch: SignalBatch) -> tuple[torch.Tensor, PointMap]:
@@ -65,6 +68,26 @@ def prediction_images(prediction: Prediction, like: torch.Tensor, std: bool = Fa
     return images if std else images.clamp(0, 1)
 
 
+def mask_index(mask_path: Path, image_path: Path, size: int) -> torch.Tensor:
+    """Flat indices of the observed (non-zero) pixels of a mask, cropped and resized like the image."""
+    from genfield.datasets.images import square_image
+
+    if not mask_path.is_file():
+        raise InputError(f"mask file not found: {mask_path}")
+    mask = read_image_file(mask_path, grey=True)
+    image_shape = read_image_file(image_path, grey=True).shape[:2]
+    if mask.shape[:2] != image_shape:
+        raise InputError(
+            f"mask {mask_path} is {mask.shape[0]} x {mask.shape[1]} but image {image_path} is "
+            f"{image_shape[0]} x {image_shape[1]}"
+        )
+    observed = square_image((mask > 0).astype(np.float32), size)[..., 0] >= 0.5
+    index = torch.nonzero(observed.flatten()).flatten()
+    if index.numel() == 0:
+        raise InputError(f"mask {mask_path} observes no pixel (after resizing to {size} x {size})")
+    return index
+
+
 class ImageKind(KindSpec):
     name = "image"
     in_dim = 2
@@ -72,30 +95,74 @@ class ImageKind(KindSpec):
     tokenizer = "points"
     process_defaults = MappingProxyType({"ponp": {"local_features": True}})
     baselines = (classical("biharmonic"), classical("gaussian-prior"), classical("mean"))
+    accepts = ("image",)
+    describe = "an image file"
 
     def head(self, cfg: Mapping[str, Any], channels: int) -> str:
         return "grey" if channels == 1 else "rgb"
 
     def build_data(self, cfg: Mapping[str, Any], seed: int) -> DataBundle:
-        from genfield.datasets.images import ImageFolder, ImageSplit
+        from genfield.datasets.images import ImageFolder
 
+        size = image_size(cfg)
         if cfg["name"] == "faces":
             from genfield.datasets.builtin import builtin_faces
 
-            size = int(option(cfg, "size", 32))
             parts, channels = tuple(builtin_faces(s, size=size) for s in ("train", "val", "test")), 1
         elif cfg["name"] == "glyphs":
             from genfield.datasets.builtin import builtin_glyphs
 
-            size, n = int(option(cfg, "size", 32)), option(cfg, "n_signals", None)
-            counts = {"train": n, "val": None, "test": None}
+            counts = {"train": option(cfg, "n_signals", None), "val": None, "test": None}
             parts, channels = tuple(builtin_glyphs(s, size, counts[s], seed) for s in counts), 1
         else:
-            size, grey = int(option(cfg, "size", 64)), bool(cfg.get("grey", False))
-            folder = ImageFolder(require_folder(cfg), size=size, grey=grey)
+            folder = ImageFolder(require_folder(cfg), size=size, grey=bool(cfg.get("grey", False)))
             parts, channels = three_way(folder, cfg, seed), folder.channels
+        return make_bundle(cfg, self.name, parts, self.head(cfg, channels), *self.splits(cfg))
+
+    def splits(self, cfg: Mapping[str, Any]) -> tuple[Callable, Callable]:
+        from genfield.datasets.images import ImageSplit
+
         split = ImageSplit(context_fraction=float(option(cfg, "context_fraction", 0.1)))
-        return make_bundle(cfg, self.name, parts, self.head(cfg, channels), split)
+        return split, split
+
+    def read_input(self, path: Path, given: str, run: Any, options: Mapping[str, Any]) -> SignalBatch:
+        """The resized image, its context a seeded ``context_fraction`` (or a mask's pixels)."""
+        from genfield.datasets.images import ImageSignal, square_image
+
+        size = image_size(run.data)
+        image = square_image(read_image_file(path, run.head == "grey"), size)
+        split = self.splits(run.data)[1]
+        if options.get("context_fraction") is not None:
+            split = replace(split, context_fraction=float(options["context_fraction"]))
+        batch = split([ImageSignal(image, path.name, tuple(image.shape[:2]))], seeded(options))
+        if options.get("mask"):  # the target is every pixel in raster order: the mask indexes it
+            index = mask_index(Path(str(options["mask"])), path, size)[None]
+            batch.context = Observations(batch.target.queries[:, index[0]], batch.target.values[:, index[0]])
+            batch.extras["context_index"] = index
+        return batch
+
+    def write_outputs(
+        self, out: Path, batch: SignalBatch, adapted: Adapted, run: Any, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """``reconstruction.png``, ``std.png`` (where the method has one), the image grid; PSNR, SSIM."""
+        from genfield.viz.figures import save_image
+
+        queries, query_map = self.dense_queries(batch)
+        prediction = on_cpu(adapted.predict(queries.to(run.device), query_map))
+        truth = batch.ground_truth
+        save_image(out / "reconstruction.png", prediction_images(prediction, truth)[0])
+        std = prediction_images(prediction, truth, std=True)
+        std_max = save_std(out / "std.png", None if std is None else std[0])
+        scores = self.score(prediction.mean, batch)
+        figures = self.write_figures(out, batch, {run.name: prediction})
+        return {
+            "psnr": float(scores["psnr"][0]),
+            "ssim": float(scores["ssim"][0]),
+            "n_context": batch.context.num_observations,
+            "image_size": list(truth.shape[1:3]),
+            "std_max": std_max,
+            "figure": [str(f) for f in figures],
+        }
 
     def dense_queries(self, batch: SignalBatch) -> tuple[torch.Tensor, PointMap]:
         return pixel_queries(batch)

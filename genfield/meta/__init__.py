@@ -25,7 +25,6 @@ predictive with posterior correlations), :mod:`.learner` (base class).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from genfield.errors import InputError, unknown_name
@@ -35,6 +34,7 @@ from genfield.meta.explicit import MAML, Reptile
 from genfield.meta.ibaml import IBaML
 from genfield.meta.imaml import IMAML
 from genfield.meta.learner import AdaptedState, MetaLearner, MetaStepSkipped
+from genfield.targets import accepted_options
 
 ESTIMATORS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {
     "maml": (MAML, {"first_order": False}),
@@ -43,15 +43,6 @@ ESTIMATORS: dict[str, tuple[type[MetaLearner], dict[str, Any]]] = {
     "imaml": (IMAML, {}),
     "ibaml": (IBaML, {}),
 }
-
-
-def _accepted_options(cls: type) -> set[str]:
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass):
-            params = inspect.signature(klass.__init__).parameters.values()
-            names |= {p.name for p in params if p.kind == p.KEYWORD_ONLY}
-    return names
 
 
 def build_meta_learner(
@@ -76,7 +67,7 @@ def build_meta_learner(
         raise unknown_name("meta-learner", name, list(ESTIMATORS))
     options = options_for_kind(options, kind, "meta-learner")
     cls, fixed = ESTIMATORS[name]
-    unknown = set(options) - (_accepted_options(cls) - set(fixed))
+    unknown = set(options) - (accepted_options(cls) - set(fixed))
     if unknown:
         raise InputError(f"unknown option(s) {sorted(unknown)} for meta-learner {name!r}")
     return cls(field, **fixed, **options)

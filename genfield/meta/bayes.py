@@ -21,7 +21,36 @@ All second derivatives are diagonal (weight ``i`` of q only meets weight ``i`` o
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+from genfield.meta.tree import Tree, detached, expand_signals
+
+
+class Posterior(NamedTuple):
+    """The per-signal posteriors ``q = N(mu, diag e^rho)``: ``{field parameter: (S, ...)}`` each.
+
+    A named tuple, so a pytree: the inner loop, conjugate gradient and the implicit solver take it
+    whole, and its fields (not key prefixes) say which tensor is a mean and which a log-variance.
+    """
+
+    mu: Tree
+    rho: Tree
+
+
+class Prior(NamedTuple):
+    """The prior ``p = N(mean, diag e^logvar)``: ``{field parameter: tensor}`` each (no signal dim)."""
+
+    mean: Tree
+    logvar: Tree
+
+    def detached(self) -> Prior:
+        return Prior(detached(self.mean), detached(self.logvar))
+
+    def posterior(self, num_signals: int) -> Posterior:
+        """``q = p`` for each of ``num_signals`` signals (broadcast views): the inner loop's start."""
+        return Posterior(expand_signals(self.mean, num_signals), expand_signals(self.logvar, num_signals))
 
 
 def kl_diag_gaussians(

@@ -16,7 +16,16 @@ from dataclasses import dataclass
 
 import torch
 
-from genfield.meta.tree import Tree, tree_all_finite, tree_axpy, tree_dot, tree_map
+from genfield.meta.tree import (
+    Params,
+    tree_all_finite,
+    tree_axpy,
+    tree_dot,
+    tree_leaves,
+    tree_leaves_like,
+    tree_map,
+    tree_unflatten,
+)
 
 #: Curvature used in the implicit linear systems: the exact Hessian or Gauss-Newton.
 CURVATURES = ("hessian", "gauss_newton")
@@ -24,29 +33,32 @@ CURVATURES = ("hessian", "gauss_newton")
 
 @dataclass
 class CGResult:
-    """The solution ``x`` and, per signal, the true relative residual ``||b - A x|| / ||b||``."""
+    """The solution ``x`` and, per signal, the true relative residual ``||b - A x|| / ||b||`` and
+    the number of iterations that moved it (all tensors: reading them is the caller's host sync)."""
 
-    x: Tree
+    x: Params
     relative_residual: torch.Tensor
     converged: torch.Tensor  # one boolean: every signal below tol and everything finite
+    iterations: torch.Tensor  # (S,) steps taken before the signal's residual fell below tol
 
 
 def conjugate_gradient(
-    hvp: Callable[[Tree], Tree],
-    b: Tree,
+    hvp: Callable[[Params], Params],
+    b: Params,
     iterations: int = 10,
     damping: float = 0.0,
     tol: float = 1e-2,
-    preconditioner: Tree | None = None,
+    preconditioner: Params | None = None,
 ) -> CGResult:
     """Solve ``(A + damping I) x = b`` per signal by ``iterations`` steps of CG from ``x = 0``.
 
-    ``preconditioner``: an optional positive diagonal ``P ~ (A + damping I)^-1`` (a tree like
-    ``b``); preconditioned CG (``z = P r``) then converges at the rate of ``P A``'s conditioning,
-    e.g. when ``A`` is dominated by a diagonal prior curvature whose entries span decades.
+    ``b`` is a parameter tree or a container of them. ``preconditioner``: an optional positive
+    diagonal ``P ~ (A + damping I)^-1`` (a tree like ``b``); preconditioned CG (``z = P r``) then
+    converges at the rate of ``P A``'s conditioning, e.g. when ``A`` is dominated by a diagonal
+    prior curvature whose entries span decades.
     """
 
-    def apply(p: Tree) -> Tree:
+    def apply(p: Params) -> Params:
         ap = hvp(p)
         return ap if damping == 0 else tree_map(lambda a, v: a + damping * v, ap, p)
 
@@ -56,14 +68,16 @@ def conjugate_gradient(
         lambda r: tree_map(torch.mul, r, preconditioner)
     )
     x = tree_map(torch.zeros_like, b)
-    r = dict(b)
+    r = b
     z = precondition(r)
-    p = dict(z)
+    p = z
     rz, rr = tree_dot(r, z), tree_dot(r, r)
+    steps = torch.zeros_like(rr, dtype=torch.long)
     for _ in range(iterations):
         ap = apply(p)
         curvature = tree_dot(p, ap)
         active = (rr > threshold) & (curvature > 0)
+        steps = steps + active.long()
         alpha = torch.where(active, rz / torch.where(active, curvature, 1.0), 0.0)
         x = tree_axpy(alpha, p, x)
         r = tree_axpy(-alpha, ap, r)
@@ -76,12 +90,12 @@ def conjugate_gradient(
     residual = tree_map(torch.sub, b, apply(x))
     relative = tree_dot(residual, residual).sqrt() / b_norm.clamp_min(torch.finfo(b_norm.dtype).tiny)
     converged = (relative <= tol).all() & tree_all_finite(x) & torch.isfinite(relative).all()
-    return CGResult(x, relative, converged)
+    return CGResult(x, relative, converged, steps)
 
 
 def gauss_newton_hvp(
-    outputs: torch.Tensor, inputs: Tree, weight: float | torch.Tensor
-) -> Callable[[Tree], Tree]:
+    outputs: torch.Tensor, inputs: Params, weight: float | torch.Tensor
+) -> Callable[[Params], Params]:
     """Products with the Gauss-Newton matrix ``J^T (weight I) J`` of ``outputs`` w.r.t. ``inputs``.
 
     For a squared-error loss ``weight / 2 ||y - outputs||^2`` this is the Hessian without the
@@ -90,11 +104,12 @@ def gauss_newton_hvp(
     double-vjp trick: ``J^T u`` is linear in a dummy ``u``, and its vjp in ``u`` is ``J p``.
     """
     dummy = torch.zeros_like(outputs, requires_grad=True)
-    jt_u = torch.autograd.grad(outputs, list(inputs.values()), dummy, create_graph=True)
+    at = tree_leaves(inputs)
+    jt_u = torch.autograd.grad(outputs, at, dummy, create_graph=True)
 
-    def hvp(p: Tree) -> Tree:
-        jp = torch.autograd.grad(jt_u, dummy, [p[k] for k in inputs], retain_graph=True)[0]
-        out = torch.autograd.grad(outputs, list(inputs.values()), weight * jp, retain_graph=True)
-        return dict(zip(inputs, out))
+    def hvp(p: Params) -> Params:
+        jp = torch.autograd.grad(jt_u, dummy, tree_leaves_like(p, inputs), retain_graph=True)[0]
+        out = torch.autograd.grad(outputs, at, weight * jp, retain_graph=True)
+        return tree_unflatten(out, inputs)
 
     return hvp

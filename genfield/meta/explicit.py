@@ -28,7 +28,7 @@ from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError, unknown_name
 from genfield.forward import ForwardMap
 from genfield.meta.inner import InnerHealth, cap_rates, inner_loop, top_curvature, warn_non_finite
-from genfield.meta.learner import AdaptedState, MetaLearner, _module_key
+from genfield.meta.learner import AdaptedState, MetaLearner, _module_key, field_tree
 from genfield.meta.likelihood import mse
 from genfield.meta.tree import Tree, expand_signals, leaves
 
@@ -101,13 +101,13 @@ class InitLearner(MetaLearner):
 
     def theta(self) -> Tree:
         """The learned initialisation ``{field name: tensor}``."""
-        return {k.replace("__", "."): p for k, p in self.init.items()}
+        return field_tree(self.init)
 
     def _rates(self) -> float | Tree:
         """The inner rates: the fixed ``inner_lr``, or the learned (bounded) Meta-SGD rates."""
         if not self.meta_sgd:
             return self.inner_lr
-        rates = {k.replace("__", "."): p for k, p in self.inner_lrs.items()}
+        rates = field_tree(self.inner_lrs)
         if self.inner_lr_max is None:
             return rates
         return {k: self.inner_lr_max * torch.sigmoid(p) for k, p in rates.items()}
@@ -187,7 +187,7 @@ class MAML(InitLearner):
         if self.first_order:
             by_phi = dict(zip(phi, grads[: len(phi)]))
             grads = dict(zip(named, grads[len(phi) :]))
-            grads.update({f"init/{k}": g.sum(0) for k, g in by_phi.items()})
+            grads.update(self.named("init", {k: g.sum(0) for k, g in by_phi.items()}))
         else:
             grads = dict(zip(named, grads))
         return grads, {"loss": outer.detach(), "ok": health.all_finite(), "inner_finite": health.all_finite()}
@@ -204,12 +204,11 @@ class Reptile(InitLearner):
         super().__init__(field, **options)
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
-        named = self.meta_parameters()
         health = InnerHealth()
         phi = self._adapted(batch.context, batch.forward_map, self.inner_steps, False, health)
         theta = self.theta()
-        grads = {f"init/{k}": (theta[k].detach() - v).mean(0) for k, v in phi.items()}
-        shared = {k: p for k, p in named.items() if k.startswith("shared/")}
+        grads = self.named("init", {k: (theta[k].detach() - v).mean(0) for k, v in phi.items()})
+        shared = self.shared_meta_parameters()
         with torch.set_grad_enabled(bool(shared)):
             pred = self.observe(phi, batch.target.queries, batch.forward_map)
             outer = mse(pred, batch.target.values).mean()

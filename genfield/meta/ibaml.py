@@ -74,7 +74,11 @@ smaller sigma fits the context harder": on 64 x 64 faces it drove sigma from 0.1
 target RMSE stayed at 0.17, the inner steps (whose size scales as 1/sigma^2) grew unstable and the
 90 % intervals covered 35 % of held-out pixels.
 
-Nothing is backpropagated through the inner trajectory: memory does not grow with K.
+Nothing is backpropagated through the inner trajectory: memory does not grow with K. The solve and
+the cross terms are the shared ones of :mod:`genfield.meta.implicit`; iBaML supplies the
+stationarity (the expected NLL's gradient), the curvature, the diagonal and the KL's ``B^T x``.
+``v`` is a :class:`~genfield.meta.bayes.Posterior` ``(mu, rho)``, the prior a
+:class:`~genfield.meta.bayes.Prior` ``(mean, logvar)``.
 
 Prediction. ``predictive="laplace"`` (default): the linearized-Laplace posterior under the learned
 prior and noise (:mod:`genfield.meta.laplace`): mean ``y(mu)``, variance
@@ -90,6 +94,7 @@ pixels from the rest). ``predictive="mean_field"``: ``num_samples`` draws ``phi_
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from einops import rearrange, repeat
@@ -97,33 +102,34 @@ from torch import nn
 
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.distributed import randn_for_shard
-from genfield.errors import InputError, unknown_name
+from genfield.errors import InputError
 from genfield.forward import ForwardMap
 from genfield.interface import Prediction
 from genfield.meta.bayes import (
+    Posterior,
+    Prior,
     kl_cross_transpose,
     kl_curvature,
     kl_diag_gaussians,
     reparameterise,
     rho_curvature,
 )
-from genfield.meta.cg import CURVATURES, conjugate_gradient, gauss_newton_hvp
+from genfield.meta.cg import gauss_newton_hvp
+from genfield.meta.ibaml_config import (  # noqa: F401 - the option sets, re-exported
+    INNER_NOISE,
+    LOGVAR_STEPS,
+    NOISE_GRADIENTS,
+    PRECONDITIONERS,
+    PREDICTIVES,
+    IBaMLConfig,
+)
+from genfield.meta.implicit import Operator, implicit_gradient, linear_operator, outer_gradients
 from genfield.meta.inner import inner_loop
 from genfield.meta.laplace import linearized_variance
-from genfield.meta.learner import AdaptedState, MetaLearner, _module_key
+from genfield.meta.learner import AdaptedState, MetaLearner, _module_key, field_tree
 from genfield.meta.likelihood import gaussian_nll
-from genfield.meta.tree import Tree, expand_signals, leaves
+from genfield.meta.tree import Tree, leaves, tree_leaves, tree_unflatten
 
-#: Monte-Carlo noise of the inner loop: one draw per meta-step, or a fresh draw per inner step.
-INNER_NOISE = ("fixed", "fresh")
-#: Diagonal preconditioners of the inner gradient of the posterior mean.
-PRECONDITIONERS = ("none", "prior", "posterior")
-#: The learned noise's meta-gradient: the target NLL's own (direct) or through the inner optimum too.
-NOISE_GRADIENTS = ("direct", "implicit")
-#: Predictive distributions: linearized Laplace under the prior, or samples of the mean-field q.
-PREDICTIVES = ("laplace", "mean_field")
-#: Inner updates of the posterior log-variance: the damped closed-form fixed point, or the optimizer's.
-LOGVAR_STEPS = ("fixed_point", "optimizer")
 #: Adam's moment decays and denominator guard in the inner loop (as :func:`inner_loop`'s defaults).
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
@@ -140,118 +146,54 @@ def logvar_fixed_point_step(grad_rho: torch.Tensor) -> torch.Tensor:
     return torch.log((1 + 2 * grad_rho).clamp_min(math.exp(-2)))
 
 
-def _split(v: Tree) -> tuple[Tree, Tree]:
-    mu = {k[3:]: t for k, t in v.items() if k.startswith("mu/")}
-    rho = {k[4:]: t for k, t in v.items() if k.startswith("rho/")}
-    return mu, rho
-
-
-def _join(mu: Tree, rho: Tree) -> Tree:
-    return {**{f"mu/{k}": t for k, t in mu.items()}, **{f"rho/{k}": t for k, t in rho.items()}}
-
-
 class IBaML(MetaLearner):
     """iBaML; see the module docstring for the model and the meta-gradient.
 
-    Options beyond :class:`MetaLearner`'s: ``prior_std`` (initial prior standard deviation),
-    ``inner_lr_logvar`` (inner learning rate of ``rho``; ``None``: ``inner_lr``), ``mc_samples``,
-    ``obs_noise`` (sigma), ``learn_obs_noise``, ``cg_iterations``, ``cg_damping``, ``cg_tol``,
-    ``curvature`` (``hessian`` or ``gauss_newton``), ``noise_seed`` (draw the Monte-Carlo noise
-    from this seed at every meta-step: common random
-    numbers across calls, for tests), ``predictive_noise`` (add sigma^2 to predictive variances),
-    ``inner_noise`` (``fresh`` or ``fixed``), ``precondition`` (``none``, ``prior``,
-    ``posterior``; the last needs SGD), ``relative_prior``, ``predictive`` (``laplace`` or
-    ``mean_field``, see the module docstring), ``noise_gradient`` (``direct`` or ``implicit``),
-    ``logvar_step`` (``fixed_point``: the damped closed-form update of ``rho`` whatever the mean's
-    optimizer, ``inner_lr_logvar`` its damping; ``optimizer``: ``rho`` stepped like ``mu``).
+    Options beyond :class:`MetaLearner`'s: those of :class:`~genfield.meta.ibaml_config.IBaMLConfig`
+    (validated there, once), as keywords or whole as ``config`` (keywords override its fields).
     """
 
     name = "ibaml"
     needs_double_backward = True
 
-    def __init__(
-        self,
-        field,
-        *,
-        prior_std: float = 0.0125,
-        inner_lr_logvar: float | None = 0.1,
-        mc_samples: int = 2,
-        obs_noise: float = 0.1,
-        learn_obs_noise: bool = True,
-        cg_iterations: int = 20,
-        cg_damping: float = 0.0,
-        cg_tol: float = 0.1,
-        noise_seed: int | None = None,
-        predictive_noise: bool = True,
-        inner_optimizer: str = "sgd",
-        inner_lr: float = 0.5,
-        curvature: str = "gauss_newton",
-        inner_noise: str = "fresh",
-        precondition: str = "posterior",
-        relative_prior: bool = False,
-        lr_scale_logvar: float = 30.0,
-        lr_scale_obs_noise: float = 5.0,
-        antithetic: bool = True,
-        predictive: str = "laplace",
-        noise_gradient: str = "direct",
-        logvar_step: str = "fixed_point",
-        **options,
-    ) -> None:
+    config_class = IBaMLConfig
+
+    def __init__(self, field, *, config: IBaMLConfig | None = None, **options) -> None:
         if options.pop("meta_sgd", False):
             raise InputError("meta_sgd=True needs the second-order 'maml' estimator")
-        if prior_std <= 0 or obs_noise <= 0 or mc_samples < 1 or cg_iterations < 1:
-            raise InputError(
-                f"prior_std={prior_std} obs_noise={obs_noise} mc_samples={mc_samples} "
-                f"cg_iterations={cg_iterations}: need positive values"
-            )
-        if curvature not in CURVATURES:
-            raise unknown_name("curvature", curvature, CURVATURES)
-        if inner_noise not in INNER_NOISE:
-            raise unknown_name("inner_noise", inner_noise, INNER_NOISE)
-        if precondition not in PRECONDITIONERS:
-            raise unknown_name("precondition", precondition, PRECONDITIONERS)
-        if predictive not in PREDICTIVES:
-            raise unknown_name("predictive", predictive, PREDICTIVES)
-        if noise_gradient not in NOISE_GRADIENTS:
-            raise unknown_name("noise_gradient", noise_gradient, NOISE_GRADIENTS)
-        if logvar_step not in LOGVAR_STEPS:
-            raise unknown_name("logvar_step", logvar_step, LOGVAR_STEPS)
-        self.predictive, self.noise_gradient, self.logvar_step = predictive, noise_gradient, logvar_step
-        if logvar_step == "fixed_point" and inner_lr_logvar is not None and not 0 < inner_lr_logvar < 2:
-            raise InputError(
-                f"inner_lr_logvar={inner_lr_logvar}: the damping of the fixed-point step of rho "
-                "(logvar_step='fixed_point') must lie in (0, 2); 1 jumps to the fixed point"
-            )
-        if precondition == "posterior" and inner_optimizer == "adam":
-            raise InputError("precondition='posterior' needs inner_optimizer='sgd'")
-        self.curvature, self.inner_noise, self.precondition = curvature, inner_noise, precondition
-        super().__init__(field, inner_optimizer=inner_optimizer, inner_lr=inner_lr, **options)
+        ours = {k: options.pop(k) for k in IBaMLConfig.names() & set(options)}
+        config = IBaMLConfig(**ours) if config is None else replace(config, **ours)
+        self.config = config
+        self.predictive, self.noise_gradient = config.predictive, config.noise_gradient
+        self.logvar_step = config.logvar_step
+        self.curvature, self.inner_noise, self.precondition = (
+            config.curvature, config.inner_noise, config.precondition
+        )
+        super().__init__(field, inner_optimizer=config.inner_optimizer, inner_lr=config.inner_lr, **options)
         self.prior_mean = nn.ParameterDict(
             {_module_key(k): nn.Parameter(v) for k, v in self._initial.items()}
         )
         def initial_logvar(v: torch.Tensor) -> torch.Tensor:
-            std = prior_std * (v.square().mean().sqrt().clamp_min(1e-3) if relative_prior else 1)
-            return torch.full_like(v, 2 * math.log(std))
+            scale = v.square().mean().sqrt().clamp_min(1e-3) if config.relative_prior else 1
+            return torch.full_like(v, 2 * math.log(config.prior_std * scale))
 
         self.prior_logvar = nn.ParameterDict(
             {_module_key(k): nn.Parameter(initial_logvar(v)) for k, v in self._initial.items()}
         )
-        log_sigma = torch.tensor(math.log(obs_noise))
-        if learn_obs_noise:
+        log_sigma = torch.tensor(math.log(config.obs_noise))
+        if config.learn_obs_noise:
             self.log_sigma = nn.Parameter(log_sigma)
         else:
             self.register_buffer("log_sigma", log_sigma)
-        self.learn_obs_noise = learn_obs_noise
-        self.inner_lr_logvar = self.inner_lr if inner_lr_logvar is None else inner_lr_logvar
-        self.mc_samples, self.noise_seed, self.predictive_noise = mc_samples, noise_seed, predictive_noise
-        self.cg_iterations, self.cg_damping, self.cg_tol = cg_iterations, cg_damping, cg_tol
-        if lr_scale_logvar <= 0 or lr_scale_obs_noise <= 0:
-            raise InputError(
-                f"lr_scale_logvar={lr_scale_logvar} lr_scale_obs_noise={lr_scale_obs_noise}: "
-                "need positive values"
-            )
-        self.lr_scale_logvar, self.lr_scale_obs_noise = lr_scale_logvar, lr_scale_obs_noise
-        self.antithetic = antithetic
+        self.learn_obs_noise = config.learn_obs_noise
+        lr_logvar = config.inner_lr_logvar
+        self.inner_lr_logvar = self.inner_lr if lr_logvar is None else lr_logvar
+        self.mc_samples, self.noise_seed = config.mc_samples, config.noise_seed
+        self.predictive_noise = config.predictive_noise
+        self.cg_iterations, self.cg_damping = config.cg_iterations, config.cg_damping
+        self.cg_tol = config.cg_tol
+        self.lr_scale_logvar, self.lr_scale_obs_noise = config.lr_scale_logvar, config.lr_scale_obs_noise
+        self.antithetic = config.antithetic
 
     # -- parameters -----------------------------------------------------------------------------
     def meta_parameters(self) -> dict[str, nn.Parameter]:
@@ -270,19 +212,17 @@ class IBaML(MetaLearner):
         its rate per step, and a log-variance must travel several nats (a weight's data-to-prior
         balance, ``e^l N / sigma^2``, spans decades) while the mean moves by small fractions of a
         weight: one rate for both leaves the variance frozen."""
-        named = self.meta_parameters()
-        logvar = [p for k, p in named.items() if k.startswith("prior_logvar/")]
-        noise = [p for k, p in named.items() if k == "log_sigma"]
-        rest = [p for k, p in named.items() if not k.startswith("prior_logvar/") and k != "log_sigma"]
+        logvar = list(self.prior_logvar.values())
+        noise = [self.log_sigma] if self.learn_obs_noise else []
+        rest = [*self.prior_mean.values(), *self.shared.values()]
         groups = [{"params": rest, "lr": lr}, {"params": logvar, "lr": lr * self.lr_scale_logvar}]
         if noise:
             groups.append({"params": noise, "lr": lr * self.lr_scale_obs_noise})
         return groups
 
-    def prior(self) -> tuple[Tree, Tree]:
-        """The prior mean and log-variance ``({name: m}, {name: l})``."""
-        unkey = lambda store: {k.replace("__", "."): p for k, p in store.items()}  # noqa: E731
-        return unkey(self.prior_mean), unkey(self.prior_logvar)
+    def prior(self) -> Prior:
+        """The prior ``Prior(mean={name: m}, logvar={name: l})`` (unpacks as ``m, l``)."""
+        return Prior(field_tree(self.prior_mean), field_tree(self.prior_logvar))
 
     @property
     def obs_noise(self) -> torch.Tensor:
@@ -314,10 +254,10 @@ class IBaML(MetaLearner):
 
     # -- objectives -----------------------------------------------------------------------------
     def sample_observations(
-        self, v: Tree, noise: Tree, queries: torch.Tensor, forward_map: ForwardMap
+        self, v: Posterior, noise: Tree, queries: torch.Tensor, forward_map: ForwardMap
     ) -> torch.Tensor:
         """Observations ``(M, S, N, c)`` of the ``M`` reparameterised draws of every signal."""
-        mu, rho = _split(v)
+        mu, rho = v
         draws = len(next(iter(noise.values())))
         phi = {
             k: rearrange(reparameterise(mu[k], rho[k], noise[k]), "m s ... -> (m s) ...")
@@ -327,15 +267,15 @@ class IBaML(MetaLearner):
         return rearrange(self.observe(phi, queries, forward_map), "(m s) ... -> m s ...", m=draws)
 
     def expected_nll(
-        self, v: Tree, noise: Tree, obs: Observations, forward_map: ForwardMap
+        self, v: Posterior, noise: Tree, obs: Observations, forward_map: ForwardMap
     ) -> torch.Tensor:
         """Monte-Carlo ``E_q[NLL]`` of each signal's observations, summed over them: ``(S,)``."""
         pred = self.sample_observations(v, noise, obs.queries, forward_map)
         return gaussian_nll(pred, obs.values, self.log_sigma).mean(0)
 
-    def kl(self, v: Tree, detach_prior: bool = False) -> torch.Tensor:
+    def kl(self, v: Posterior, detach_prior: bool = False) -> torch.Tensor:
         """``KL(q_v || p_theta)`` of each signal: ``(S,)``."""
-        mu, rho = _split(v)
+        mu, rho = v
         m, l = self.prior()
         if detach_prior:  # the first-order inner loop must not keep graphs into the prior
             m, l = ({k: t.detach() for k, t in d.items()} for d in (m, l))
@@ -343,7 +283,7 @@ class IBaML(MetaLearner):
 
     def free_energy(
         self,
-        v: Tree,
+        v: Posterior,
         noise: Tree,
         context: Observations,
         forward_map: ForwardMap,
@@ -352,7 +292,7 @@ class IBaML(MetaLearner):
         """The inner objective ``F(v, theta)`` of each signal: ``(S,)``."""
         return self.expected_nll(v, noise, context, forward_map) + self.kl(v, detach_prior)
 
-    def target_loss(self, v: Tree, noise: Tree, target: Observations, forward_map) -> torch.Tensor:
+    def target_loss(self, v: Posterior, noise: Tree, target: Observations, forward_map) -> torch.Tensor:
         """The outer objective ``L(v)``: expected NLL per target value, mean over signals."""
         per_value = target.values.shape[1] * target.values.shape[2]
         return self.expected_nll(v, noise, target, forward_map).mean() / per_value
@@ -376,18 +316,15 @@ class IBaML(MetaLearner):
             return None  # Adam: see _mean_rates
         _, l = self.prior()
 
-        def precondition(v: Tree, grads: Tree) -> Tree:
-            out = dict(grads)
-            for k, g in grads.items():
-                if k.startswith("rho/"):  # log fixed-point step: stable where the data curvature is large
-                    out[k] = 0.5 * logvar_fixed_point_step(g)
-                    continue
-                if self.precondition == "prior":
-                    scale = l[k[3:]] if create_graph else l[k[3:]].detach()
-                else:
-                    scale = v[f"rho/{k[3:]}"] if create_graph else v[f"rho/{k[3:]}"].detach()
-                out[k] = torch.exp(scale) * g
-            return out
+        def precondition(v: Posterior, grads: Posterior) -> Posterior:
+            # rho: the log fixed-point step, stable where the data curvature is large
+            rho = {k: 0.5 * logvar_fixed_point_step(g) for k, g in grads.rho.items()}
+            scales = l if self.precondition == "prior" else v.rho
+            mu = {}
+            for k, g in grads.mu.items():
+                scale = scales[k] if create_graph else scales[k].detach()
+                mu[k] = torch.exp(scale) * g
+            return Posterior(mu, rho)
 
         return precondition
 
@@ -397,9 +334,9 @@ class IBaML(MetaLearner):
         standard deviations, ``inner_lr e^{l/2}`` (weights of a SIREN differ in scale by 30x)."""
         m, l = self.prior()
         if self.inner_optimizer != "adam" or self.precondition == "none":
-            return {f"mu/{k}": self.inner_lr for k in m}
+            return {k: self.inner_lr for k in m}
         return {
-            f"mu/{k}": self.inner_lr * torch.exp(0.5 * (t if create_graph else t.detach()))
+            k: self.inner_lr * torch.exp(0.5 * (t if create_graph else t.detach()))
             for k, t in l.items()
         }
 
@@ -409,9 +346,9 @@ class IBaML(MetaLearner):
         forward_map: ForwardMap,
         noise: Tree | None,
         steps: int,
-        init: Tree | None = None,
+        init: Posterior | None = None,
         create_graph: bool = False,
-    ) -> Tree:
+    ) -> Posterior:
         """``v_K``: K inner steps on ``F`` from the prior (or from ``init``).
 
         ``noise`` is held fixed for all K steps (``F`` is then one deterministic function); with
@@ -422,21 +359,19 @@ class IBaML(MetaLearner):
         """
         S = context.num_signals
         if init is None:
-            m, l = self.prior()
-            if not create_graph:
-                m, l = ({k: t.detach() for k, t in d.items()} for d in (m, l))
-            init = _join(expand_signals(m, S), expand_signals(l, S))
-        rates = self._mean_rates(create_graph)
+            prior = self.prior() if create_graph else self.prior().detached()
+            init = prior.posterior(S)
+        mean_rates = self._mean_rates(create_graph)
 
-        def objective(v: Tree) -> torch.Tensor:
+        def objective(v: Posterior) -> torch.Tensor:
             eps = self.draw_noise(S) if noise is None else noise
             return self.free_energy(v, eps, context, forward_map, not create_graph).sum()
 
         if self.logvar_step == "optimizer":
-            rates.update({k: self.inner_lr_logvar for k in init if k.startswith("rho/")})
+            rates = Posterior(mean_rates, {k: self.inner_lr_logvar for k in init.rho})
             optimizer, precondition = self.inner_optimizer, self._preconditioner(create_graph)
         else:  # the hook takes the whole step; the loop applies it as SGD at rate 1
-            rates.update({k: 1.0 for k in init if k.startswith("rho/")})
+            rates = Posterior(mean_rates, {k: 1.0 for k in init.rho})
             optimizer, precondition = "sgd", self._fixed_point_hook(create_graph)
         return inner_loop(
             objective, init, steps, rates, optimizer, create_graph=create_graph,
@@ -459,12 +394,12 @@ class IBaML(MetaLearner):
         second: Tree = {}
         step = 0
 
-        def hook(v: Tree, grads: Tree) -> Tree:
+        def hook(v: Posterior, grads: Posterior) -> Posterior:
             nonlocal step
             step += 1
             rate = max(self.inner_lr_logvar, 1 / step)
-            logvar = {k: rate * logvar_fixed_point_step(g) for k, g in grads.items() if k.startswith("rho/")}
-            mean = {k: g for k, g in grads.items() if k.startswith("mu/")}
+            logvar = {k: rate * logvar_fixed_point_step(g) for k, g in grads.rho.items()}
+            mean = dict(grads.mu)
             if self.inner_optimizer == "adam":
                 (b1, b2), c1, c2 = ADAM_BETAS, 1 - ADAM_BETAS[0] ** step, 1 - ADAM_BETAS[1] ** step
                 for k, g in mean.items():
@@ -472,8 +407,9 @@ class IBaML(MetaLearner):
                     second[k] = b2 * second.get(k, 0) + (1 - b2) * g.square()
                     mean[k] = (first[k] / c1) / ((second[k] / c2).sqrt() + ADAM_EPS)
             elif mean_precondition is not None:  # "posterior": the variance this step sets
-                mean = mean_precondition({**v, **{k: v[k] - d for k, d in logvar.items()}}, mean)
-            return {**mean, **logvar}
+                variance_set = {k: v.rho[k] - d for k, d in logvar.items()}
+                mean = mean_precondition(Posterior(v.mu, variance_set), Posterior(mean, {})).mu
+            return Posterior(mean, logvar)
 
         return hook
 
@@ -485,90 +421,84 @@ class IBaML(MetaLearner):
     ) -> AdaptedState:
         steps = self.inner_steps if steps is None else steps
         noise = self._inner_noise(self.draw_noise(context.num_signals))
-        mu, rho = _split(self.adapt_posterior(context, forward_map, noise, steps))
+        mu, rho = self.adapt_posterior(context, forward_map, noise, steps)
         return AdaptedState(mu, rho, context, forward_map)
 
     # -- meta-gradient --------------------------------------------------------------------------
     def implicit_gradient(
-        self, v: Tree, noise: Tree, batch: SignalBatch
+        self, v: Posterior, noise: Tree, batch: SignalBatch
     ) -> tuple[Tree, dict[str, torch.Tensor]]:
-        """The meta-gradient at a (near-)stationary ``v`` of ``F``; see the module docstring."""
+        """The meta-gradient at a (near-)stationary ``v`` of ``F``; see the module docstring.
+
+        iBaML's parts of :func:`~genfield.meta.implicit.implicit_gradient`: the expected context
+        NLL's gradient (and its Gauss-Newton matrix) with the KL's diagonal curvature (the Jacobi
+        preconditioner too), the KL's closed-form cross terms for the prior, and autograd's for
+        shared weights and (``noise_gradient="implicit"``) the learned noise."""
         v = leaves(v)
-        named = self.meta_parameters()
-        extra = {k: p for k, p in named.items() if k.startswith("shared/") or k == "log_sigma"}
+        shared = self.shared_meta_parameters()
+        noise_scale = {"log_sigma": self.log_sigma} if self.learn_obs_noise else {}
+        cross = {**shared, **(noise_scale if self.noise_gradient == "implicit" else {})}
         with torch.enable_grad():
             pred_ctx = self.sample_observations(v, noise, batch.context.queries, batch.forward_map)
             nll_ctx = gaussian_nll(pred_ctx, batch.context.values, self.log_sigma).mean(0).sum()
-            grad_nll = torch.autograd.grad(nll_ctx, list(v.values()), create_graph=True)
+            grad_nll = torch.autograd.grad(nll_ctx, tree_leaves(v), create_graph=True)
             outer = self.target_loss(v, noise, batch.target, batch.forward_map)
-            b = torch.autograd.grad(
-                outer, [*v.values(), *extra.values()], allow_unused=True, materialize_grads=True
-            )
-        b_v = dict(zip(v, b[: len(v)]))
-        mu, rho = _split(v)
-        m, l = self.prior()
-        m = {k: t.detach() for k, t in m.items()}
-        l = {k: t.detach() for k, t in l.items()}
-        hvp, curvature = self.curvature_operator(v, pred_ctx, grad_nll)
+            b_v, direct = outer_gradients(outer, v, {**shared, **noise_scale})
+        curvature, diagonal = self._curvature_parts(v, pred_ctx, grad_nll)
+        m, l = self.prior().detached()
 
-        # Jacobi preconditioner from the diagonal part (the KL's, and the rho term): with a prior whose
-        # variances span decades (relative_prior on a SIREN) plain CG would stall; (P A) ~ I + P H_nll.
-        jacobi = {k: 1 / (c.expand_as(v[k]) + self.cg_damping) for k, c in curvature.items()}
-        solve = conjugate_gradient(
-            hvp, b_v, self.cg_iterations, self.cg_damping, self.cg_tol, preconditioner=jacobi
+        def prior_cross(x: Posterior) -> Tree:  # B^T x for (m, l): the KL's, diagonal
+            by_mean, by_logvar = {}, {}
+            for k in v.mu:
+                cross_m, cross_l = kl_cross_transpose(
+                    x.mu[k], x.rho[k], v.mu[k].detach(), v.rho[k].detach(), m[k], l[k]
+                )
+                by_mean[k], by_logvar[k] = cross_m.sum(0), cross_l.sum(0)
+            return {**self.named("prior_mean", by_mean), **self.named("prior_logvar", by_logvar)}
+
+        solve = implicit_gradient(
+            v,
+            tree_unflatten(grad_nll, v),
+            b_v,
+            curvature=curvature,
+            diagonal=diagonal,
+            cross=cross,
+            direct=direct,
+            closed_form_cross=prior_cross,
+            iterations=self.cg_iterations,
+            damping=self.cg_damping,
+            tol=self.cg_tol,
+            precondition=True,  # prior variances spanning decades: (P A) ~ I + P H_nll
         )
-        x_mu, x_rho = _split(solve.x)
-        grads = {}
-        for k in mu:
-            cross_m, cross_l = kl_cross_transpose(
-                x_mu[k], x_rho[k], mu[k].detach(), rho[k].detach(), m[k], l[k]
-            )
-            grads[f"prior_mean/{k}"] = -cross_m.sum(0)
-            grads[f"prior_logvar/{k}"] = -cross_l.sum(0)
-        if extra:
-            cross = torch.autograd.grad(
-                grad_nll, list(extra.values()), [solve.x[k] for k in v],
-                allow_unused=True, materialize_grads=True,
-            )
-            grads.update({k: d - c for k, d, c in zip(extra, b[len(v) :], cross)})
-            if self.noise_gradient == "direct" and "log_sigma" in extra:
-                grads["log_sigma"] = b[len(v) + list(extra).index("log_sigma")]
-        metrics = {
-            "loss": outer.detach(),
-            "cg_residual": solve.relative_residual.max().detach(),
-            "obs_noise": self.obs_noise.detach(),
-            "ok": solve.converged,
-        }
-        return grads, metrics
+        metrics = {"loss": outer.detach(), "obs_noise": self.obs_noise.detach(), **solve.metrics()}
+        return solve.gradients, metrics
+
+    def _curvature_parts(
+        self, v: Posterior, pred_ctx: torch.Tensor, grad_nll: tuple[torch.Tensor, ...]
+    ) -> tuple[Operator | None, Posterior]:
+        """``(Gauss-Newton products or None for the NLL's Hessian, the diagonal part of A)``."""
+        _, l = self.prior().detached()
+        pairs = {k: kl_curvature(v.rho[k].detach(), l[k]) for k in v.mu}
+        diagonal = Posterior({k: c for k, (c, _) in pairs.items()}, {k: c for k, (_, c) in pairs.items()})
+        if self.curvature == "hessian":
+            return None, diagonal
+        # NLL = 1/M sum_j ||y - f_j||^2 / (2 sigma^2) + c
+        weight = torch.exp(-2 * self.log_sigma.detach()) / len(pred_ctx)
+        grad_rho = tree_unflatten(grad_nll, v).rho
+        # the reparameterisation's own curvature, which Gauss-Newton leaves out
+        rho = {k: rho_curvature(grad_rho[k].detach(), c) for k, c in diagonal.rho.items()}
+        return gauss_newton_hvp(pred_ctx, v, weight), Posterior(diagonal.mu, rho)
 
     def curvature_operator(
-        self, v: Tree, pred_ctx: torch.Tensor, grad_nll: tuple[torch.Tensor, ...]
-    ) -> tuple[object, Tree]:
+        self, v: Posterior, pred_ctx: torch.Tensor, grad_nll: tuple[torch.Tensor, ...]
+    ) -> tuple[Operator, Posterior]:
         """``(p -> A p, diagonal)``: products with the curvature ``A`` of ``F`` in ``v`` at the
         leaves ``v`` (``pred_ctx``: the sampled context predictions, ``grad_nll``: the expected
         context NLL's gradient in ``v`` with its graph), and the diagonal part that is not the NLL's
         Hessian or Gauss-Newton term (the KL's; with Gauss-Newton also the reparameterisation's
         rho-rho term, :func:`~genfield.meta.bayes.rho_curvature`), the Jacobi preconditioner's."""
-        mu, rho = _split(v)
-        _, l = self.prior()
-        curvature = {}
-        for k in mu:
-            curvature[f"mu/{k}"], curvature[f"rho/{k}"] = kl_curvature(rho[k].detach(), l[k].detach())
-        if self.curvature == "gauss_newton":  # NLL = 1/M sum_j ||y - f_j||^2 / (2 sigma^2) + c
-            weight = torch.exp(-2 * self.log_sigma.detach()) / len(pred_ctx)
-            ggn = gauss_newton_hvp(pred_ctx, v, weight)
-            grad_v = dict(zip(v, grad_nll))
-            for k in rho:  # the reparameterisation's own curvature, which Gauss-Newton leaves out
-                curvature[f"rho/{k}"] = rho_curvature(grad_v[f"rho/{k}"].detach(), curvature[f"rho/{k}"])
-
-        def hvp(p: Tree) -> Tree:
-            if self.curvature == "gauss_newton":
-                hv = list(ggn(p).values())
-            else:
-                hv = torch.autograd.grad(grad_nll, list(v.values()), [p[k] for k in v], retain_graph=True)
-            return {k: h + curvature[k] * p[k] for k, h in zip(v, hv)}
-
-        return hvp, curvature
+        curvature, diagonal = self._curvature_parts(v, pred_ctx, grad_nll)
+        return linear_operator(v, tree_unflatten(grad_nll, v), curvature, diagonal), diagonal
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
         self._shard = batch.extras.get("shard")  # (offset, global size) under torch.distributed
@@ -613,7 +543,7 @@ class IBaML(MetaLearner):
                 for k, t in state.params.items()
             }
             draws = self.sample_observations(
-                _join(state.params, state.logvar), noise, queries, query_map
+                Posterior(state.params, state.logvar), noise, queries, query_map
             )
             variance = draws.var(0, unbiased=False)
             return self._prediction(draws.mean(0), variance, state, query_map, draws)

@@ -9,11 +9,11 @@ theorem) gives ``(H + lam I) dphi*/dtheta = lam I`` with ``H = grad^2 L_ctx(phi*
 
     dL_tgt(phi*)/dtheta = lam (H + lam I)^-1 grad L_tgt(phi*) = (I + H / lam)^-1 grad L_tgt(phi*).
 
-The linear system is solved per signal by conjugate gradient (:mod:`genfield.meta.cg`) with
-Hessian-vector products by double backward on one graph of ``grad L_ctx``; ``cg_damping`` adds
-``delta I`` to ``H + lam I``. ``curvature="gauss_newton"`` replaces ``H`` by the (positive
-semi-definite) Gauss-Newton matrix, an approximation that keeps CG convergent when the field's exact
-Hessian is indefinite (typical for SIRENs far from a fit).
+The linear system is solved per signal by conjugate gradient (:mod:`genfield.meta.implicit`, the
+solver iBaML shares) with Hessian-vector products by double backward on one graph of
+``grad L_ctx``; ``cg_damping`` adds ``delta I`` to ``H + lam I``. ``curvature="gauss_newton"``
+replaces ``H`` by the (positive semi-definite) Gauss-Newton matrix, an approximation that keeps CG
+convergent when the field's exact Hessian is indefinite (typical for SIRENs far from a fit).
 Nothing is kept of the inner trajectory, so memory does not grow with K.
 Non-adapted (shared) parameters ``w`` get ``dL_tgt/dw - (d^2 L_ctx / dw dphi) x`` where ``x`` solves
 the system (the same implicit-function argument).
@@ -26,8 +26,9 @@ import torch
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError, unknown_name
 from genfield.forward import ForwardMap
-from genfield.meta.cg import CURVATURES, conjugate_gradient, gauss_newton_hvp
+from genfield.meta.cg import CURVATURES, gauss_newton_hvp
 from genfield.meta.explicit import InitLearner
+from genfield.meta.implicit import implicit_gradient, outer_gradients, stationarity_of
 from genfield.meta.inner import InnerHealth
 from genfield.meta.likelihood import mse
 from genfield.meta.tree import Tree, leaves
@@ -68,46 +69,36 @@ class IMAML(InitLearner):
     def implicit_gradient(
         self, phi: Tree, batch: SignalBatch
     ) -> tuple[Tree, dict[str, torch.Tensor]]:
-        """The meta-gradient at adapted parameters ``phi`` (assumed stationary for the inner problem)."""
+        """The meta-gradient at adapted parameters ``phi`` (assumed stationary for the inner problem).
+
+        iMAML's parts of :func:`~genfield.meta.implicit.implicit_gradient`: the context loss's
+        gradient (its Hessian or Gauss-Newton matrix) plus the proximal ``lam I`` as the curvature,
+        ``B = -lam I`` for the initialisation and autograd's cross terms for shared weights."""
         phi = leaves(phi)
-        shared = {k: p for k, p in self.meta_parameters().items() if k.startswith("shared/")}
+        shared = self.shared_meta_parameters()
         with torch.enable_grad():
             pred_ctx = self.observe(phi, batch.context.queries, batch.forward_map)
-            ctx = mse(pred_ctx, batch.context.values)
-            grad_ctx = torch.autograd.grad(ctx.sum(), list(phi.values()), create_graph=True)
+            grad_ctx = stationarity_of(mse(pred_ctx, batch.context.values).sum(), phi)
             tgt = self.observe(phi, batch.target.queries, batch.forward_map)
             outer = mse(tgt, batch.target.values).mean()
-            b = torch.autograd.grad(
-                outer, [*phi.values(), *shared.values()], allow_unused=True, materialize_grads=True
-            )
-        b_phi = dict(zip(phi, b[: len(phi)]))
-
+            b_phi, direct = outer_gradients(outer, phi, shared)
+        curvature = None
         if self.curvature == "gauss_newton":  # MSE = 1/(N c) ||y - f||^2: weight 2 / (N c)
-            ggn = gauss_newton_hvp(pred_ctx, phi, 2.0 / pred_ctx[0].numel())
-
-        def hvp(p: Tree) -> Tree:
-            if self.curvature == "gauss_newton":
-                hv = list(ggn(p).values())
-            else:
-                hv = torch.autograd.grad(
-                    grad_ctx, list(phi.values()), [p[k] for k in phi], retain_graph=True
-                )
-            return {k: h + self.lam * p[k] for k, h in zip(phi, hv)}
-
-        solve = conjugate_gradient(hvp, b_phi, self.cg_iterations, self.cg_damping, self.cg_tol)
-        grads = {f"init/{k}": self.lam * x.sum(0) for k, x in solve.x.items()}
-        if shared:
-            cross = torch.autograd.grad(
-                grad_ctx, list(shared.values()), [solve.x[k] for k in phi],
-                allow_unused=True, materialize_grads=True,
-            )
-            grads.update({k: d - c for k, d, c in zip(shared, b[len(phi) :], cross)})
-        metrics = {
-            "loss": outer.detach(),
-            "cg_residual": solve.relative_residual.max().detach(),
-            "ok": solve.converged,
-        }
-        return grads, metrics
+            curvature = gauss_newton_hvp(pred_ctx, phi, 2.0 / pred_ctx[0].numel())
+        solve = implicit_gradient(
+            phi,
+            grad_ctx,
+            b_phi,
+            curvature=curvature,
+            diagonal=self.lam,
+            cross=shared,
+            direct=direct,
+            closed_form_cross=lambda x: self.named("init", {k: -self.lam * t.sum(0) for k, t in x.items()}),
+            iterations=self.cg_iterations,
+            damping=self.cg_damping,
+            tol=self.cg_tol,
+        )
+        return solve.gradients, {"loss": outer.detach(), **solve.metrics()}
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
         health = InnerHealth()

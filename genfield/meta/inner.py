@@ -31,7 +31,16 @@ from dataclasses import dataclass
 import torch
 
 from genfield.errors import unknown_name
-from genfield.meta.tree import Tree, leaves, per_signal, tree_dot
+from genfield.meta.tree import (
+    Params,
+    Tree,
+    leaves,
+    per_signal,
+    tree_dot,
+    tree_leaves,
+    tree_map,
+    tree_unflatten,
+)
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 
@@ -40,9 +49,9 @@ class NonFiniteAdaptation(RuntimeWarning):
     """An inner loop met a NaN or an infinity: the named signals' reconstructions are not trustworthy."""
 
 
-def finite_per_signal(tree: Tree) -> torch.Tensor:
+def finite_per_signal(tree: Params) -> torch.Tensor:
     """``(S,)`` booleans: every entry of signal ``s`` in every tensor of ``tree`` is finite."""
-    return torch.stack([torch.isfinite(v).flatten(1).all(1) for v in tree.values()]).all(0)
+    return torch.stack([torch.isfinite(v).flatten(1).all(1) for v in tree_leaves(tree)]).all(0)
 
 
 @dataclass
@@ -51,7 +60,7 @@ class InnerHealth:
 
     finite: torch.Tensor | None = None
 
-    def record(self, tree: Tree) -> None:
+    def record(self, tree: Params) -> None:
         ok = finite_per_signal(tree)
         self.finite = ok if self.finite is None else self.finite & ok
 
@@ -75,52 +84,54 @@ def warn_non_finite(method: str, finite: torch.Tensor | None) -> list[int]:
 
 
 def inner_loop(
-    objective: Callable[[Tree], torch.Tensor],
-    init: Tree,
+    objective: Callable[[Params], torch.Tensor],
+    init: Params,
     steps: int,
-    lr: float | Tree,
+    lr: float | Params,
     optimizer: str = "sgd",
     *,
     create_graph: bool = False,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
-    precondition: Callable[[Tree, Tree], Tree] | None = None,
+    precondition: Callable[[Params, Params], Params] | None = None,
     health: InnerHealth | None = None,
-) -> Tree:
+) -> Params:
     """Minimise ``objective`` (a scalar: the sum over signals) for ``steps`` steps from ``init``.
 
-    With ``create_graph=False`` every step differentiates fresh detached leaves and the result is
-    detached (nothing of the trajectory is kept). With ``create_graph=True`` the returned tensors
-    are differentiable functions of ``init`` and of tensor learning rates (backprop through K).
-    ``health`` (optional) accumulates per-signal finiteness of every step's gradients and of the
+    ``init`` is a :data:`~genfield.meta.tree.Tree` or a container of them (iBaML's ``Posterior``);
+    ``lr`` a float or a tree of the same structure, and ``precondition`` maps trees of that
+    structure. With ``create_graph=False`` every step differentiates fresh detached leaves and the
+    result is detached (nothing of the trajectory is kept). With ``create_graph=True`` the returned
+    tensors are differentiable functions of ``init`` and of tensor learning rates (backprop through
+    K). ``health`` (optional) accumulates per-signal finiteness of every step's gradients and of the
     final iterate.
     """
     if optimizer not in INNER_OPTIMIZERS:
         raise unknown_name("inner optimizer", optimizer, INNER_OPTIMIZERS)
-    rates = lr if isinstance(lr, dict) else dict.fromkeys(init, lr)
-    params = dict(init) if create_graph else leaves(init)
-    first = {k: torch.zeros_like(v) for k, v in params.items()}
-    second = {k: torch.zeros_like(v) for k, v in params.items()}
+    rates = tree_map(lambda _: lr, init) if isinstance(lr, (int, float)) else lr
+    params = init if create_graph else leaves(init)
+    first = tree_map(torch.zeros_like, params)
+    second = tree_map(torch.zeros_like, params)
     for step in range(1, steps + 1):
         with torch.enable_grad():
             if not create_graph:
                 params = leaves(params)
-            grads = torch.autograd.grad(objective(params), list(params.values()), create_graph=create_graph)
-        grads = dict(zip(params, grads))
+            grads = torch.autograd.grad(objective(params), tree_leaves(params), create_graph=create_graph)
+        grads = tree_unflatten(grads, params)
         if health is not None:
             health.record(grads)
         with torch.set_grad_enabled(create_graph):
             if precondition is not None:
                 grads = precondition(params, grads)
             if optimizer == "adam":
-                first = {k: betas[0] * first[k] + (1 - betas[0]) * grads[k] for k in params}
-                second = {k: betas[1] * second[k] + (1 - betas[1]) * grads[k] ** 2 for k in params}
+                first = tree_map(lambda m, g: betas[0] * m + (1 - betas[0]) * g, first, grads)
+                second = tree_map(lambda v, g: betas[1] * v + (1 - betas[1]) * g**2, second, grads)
                 c1, c2 = 1 - betas[0] ** step, 1 - betas[1] ** step
-                grads = {k: (first[k] / c1) / ((second[k] / c2).sqrt() + eps) for k in params}
-            params = {k: params[k] - rates[k] * grads[k] for k in params}
+                grads = tree_map(lambda m, v, c1=c1, c2=c2: (m / c1) / ((v / c2).sqrt() + eps), first, second)
+            params = tree_map(lambda p, r, g: p - r * g, params, rates, grads)
     if health is not None:
         health.record(params)
-    return params if create_graph else {k: v.detach() for k, v in params.items()}
+    return params if create_graph else tree_map(torch.Tensor.detach, params)
 
 
 def top_curvature(

@@ -10,9 +10,12 @@ implement three things:
   the keys of :meth:`meta_parameters`;
 * ``predict(state, queries, query_map, num_samples)`` — observations predicted from an adapted state.
 
-Meta-parameters are named ``"<group>/<field parameter>"``: ``init/...`` (MAML's initialisation),
-``prior_mean/...`` and ``prior_logvar/...`` (iBaML's prior), ``shared/...`` (field parameters that are
-not adapted, see ``adapt_keys``), ``inner_lr/...`` (Meta-SGD) and ``log_sigma`` (learned noise).
+Meta-parameters are named ``"<group>/<field parameter>"`` (spelled in one place,
+:meth:`MetaLearner.named`; code finds a group through its module, e.g. :meth:`shared_meta_parameters`,
+never by parsing names): ``init/...`` (MAML's initialisation), ``prior_mean/...`` and
+``prior_logvar/...`` (iBaML's prior), ``shared/...`` (field parameters that are not adapted, see
+``adapt_keys``), ``inner_lr/...`` (Meta-SGD) and ``log_sigma`` (learned noise). They are the keys of
+meta-gradients; checkpoints store the modules' own state-dict keys (``init.network__...``).
 
 Bad numerics: when a meta-gradient is not finite, or a conjugate-gradient solve misses its tolerance,
 :meth:`meta_gradient` warns with :class:`MetaStepSkipped` (naming the residual), returns zeros and
@@ -69,7 +72,13 @@ class AdaptedLearner(Adapted):
 
 
 def _module_key(name: str) -> str:
+    """A field parameter's name as a key of an ``nn.ParameterDict`` (which refuses dots)."""
     return name.replace(".", "__")
+
+
+def field_tree(store: nn.ParameterDict) -> Tree:
+    """A ``ParameterDict`` keyed by :func:`_module_key` as ``{field parameter name: parameter}``."""
+    return {k.replace("__", "."): p for k, p in store.items()}
 
 
 def select_keys(names: list[str], adapt_keys: list[str] | str | None) -> list[str]:
@@ -117,16 +126,25 @@ class MetaLearner(Reconstructor):
         self._initial = {k: initial[k] for k in self.adapt_names}
 
     # -- parameters -----------------------------------------------------------------------------
+    @staticmethod
+    def named(group: str, tree: Tree) -> Tree:
+        """``tree`` under the meta-parameter names of ``group``: ``"<group>/<field parameter>"``."""
+        return {f"{group}/{k}": v for k, v in tree.items()}
+
     def _group(self, prefix: str, store: nn.ParameterDict) -> dict[str, nn.Parameter]:
-        return {f"{prefix}/{k.replace('__', '.')}": p for k, p in store.items()}
+        return self.named(prefix, field_tree(store))
 
     def meta_parameters(self) -> dict[str, nn.Parameter]:
         """The meta-parameters by readable name (``init/network.output_layer.weight``, ...)."""
+        return self.shared_meta_parameters()
+
+    def shared_meta_parameters(self) -> dict[str, nn.Parameter]:
+        """The meta-parameters of the field parameters that are not adapted, by readable name."""
         return self._group("shared", self.shared)
 
     def shared_params(self) -> Tree:
         """Field parameters that are not adapted (no signal dimension)."""
-        return {k.replace("__", "."): p for k, p in self.shared.items()}
+        return field_tree(self.shared)
 
     def _apply(self, fn, *args, **kwargs):  # keep the field's buffers on the learner's device
         self.field.module._apply(fn)

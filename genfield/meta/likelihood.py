@@ -18,14 +18,21 @@ import math
 
 import torch
 
+from genfield.metrics import mse  # the one MSE: mean per signal, (S, N, c) -> (S,)
 
-def mse(pred: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of each signal: ``(S, N, c) -> (S,)``."""
-    return (pred - values).square().flatten(1).mean(1)
+__all__ = ["gaussian_nll", "gaussian_nll_terms", "mse"]
+
+
+
+
+def gaussian_nll_terms(pred: torch.Tensor, values: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """``-log N(y | pred, sigma^2)`` of each value (broadcast), ``sigma = exp(log_sigma)``: the one
+    Gaussian likelihood of the package (the neural processes' :func:`~genfield.processes.likelihoods.
+    gaussian_log_prob` is its negative summed over channels)."""
+    z = (values - pred) * torch.exp(-log_sigma)
+    return 0.5 * z.square() + log_sigma + 0.5 * math.log(2 * math.pi)
 
 
 def gaussian_nll(pred: torch.Tensor, values: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
     """Gaussian NLL summed over observations and channels: ``(..., N, c) -> (...)``."""
-    z = (values - pred) * torch.exp(-log_sigma)
-    per_value = 0.5 * z.square() + log_sigma + 0.5 * math.log(2 * math.pi)
-    return per_value.flatten(-2).sum(-1)
+    return gaussian_nll_terms(pred, values, log_sigma).flatten(-2).sum(-1)

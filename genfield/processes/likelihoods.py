@@ -22,12 +22,11 @@ sees little of the field. Occupancy uses a Bernoulli likelihood on the logit ins
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from genfield.forward.base import FieldFn, ForwardMap
+from genfield.meta.likelihood import gaussian_nll_terms
 
 
 def observe(
@@ -52,8 +51,7 @@ def observe(
 
 def gaussian_log_prob(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``log N(y | mean, std^2)`` summed over channels: ``(..., N, c) -> (..., N)``."""
-    z = (y - mean) / std
-    return (-0.5 * z.square() - std.log() - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+    return -gaussian_nll_terms(mean, y, std.log()).sum(dim=-1)
 
 
 def bernoulli_log_prob(logit: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from genfield.datasets.images import as_images
 from genfield.errors import InputError
 from genfield.interface import Prediction
 
@@ -101,10 +102,7 @@ def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 100) -> Path
 # -- image grids -----------------------------------------------------------------------------------
 def _as_images(values: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     """``(S, H, W, C)`` or ``(S, H * W, C)`` values as images of ``shape`` = ``(S, H, W, C)``."""
-    array = to_numpy(values)
-    if array.size != int(np.prod(shape)):
-        raise InputError(f"{what}: {array.shape} does not match the ground truth {shape}")
-    return array.reshape(shape)
+    return as_images(torch.as_tensor(to_numpy(values)), shape, what).numpy()
 
 
 def _show_image(ax, image: np.ndarray) -> None:
@@ -240,7 +238,7 @@ def ct_figure(
     sinogram: Any,
     fbp: Any,
     reconstruction: Any,
-    ground_truth: Any,
+    ground_truth: Any | None,
     std: Any | None = None,
     angles: Any | None = None,
     data_range: float | None = None,
@@ -252,7 +250,8 @@ def ct_figure(
         sinogram: ``(A, D)`` the context projections, one row per angle.
         fbp: ``(H, W)`` the filtered back-projection of the same views (the classical baseline).
         reconstruction: ``(H, W)`` the method's reconstruction (predictive mean).
-        ground_truth: ``(H, W)`` the slice.
+        ground_truth: ``(H, W)`` the slice, or ``None`` where it is unknown (a measured sinogram):
+            then the panels are sinogram | FBP | reconstruction (| std), each on its own range.
         std: ``(H, W)`` the predictive standard deviation, if the method has one.
         angles: ``(A,)`` projection angles in radians, to label the sinogram's rows.
         data_range: the PSNR's peak value; default: the ground truth's range (max - min).
@@ -263,17 +262,14 @@ def ct_figure(
     sino = to_numpy(sinogram)
     if sino.ndim != 2:
         raise InputError(f"ct_figure: sinogram must be (angles, detectors), got {sino.shape}")
-    truth = _slice(ground_truth, "ground_truth")
     images = {"FBP": _slice(fbp, "fbp"), "reconstruction": _slice(reconstruction, "reconstruction")}
+    truth = None if ground_truth is None else _slice(ground_truth, "ground_truth")
     for name, image in images.items():
-        if image.shape != truth.shape:
+        if truth is not None and image.shape != truth.shape:
             raise InputError(f"ct_figure: {name} {image.shape} != ground truth {truth.shape}")
-    low, high = float(truth.min()), float(truth.max())
-    peak = data_range or (high - low) or 1.0
-    error = np.abs(images["reconstruction"] - truth)
-    panels = 5 + (std is not None)
+    panels = 3 + 2 * (truth is not None) + (std is not None)
     figure = Figure(figsize=(PANEL * 1.3 * panels, PANEL * 1.5), layout="constrained")
-    axes = figure.subplots(1, panels)
+    axes = list(figure.subplots(1, panels))
 
     extent = None
     if angles is not None:
@@ -284,18 +280,26 @@ def ct_figure(
     axes[0].set_title(f"sinogram ({sino.shape[0]} views)", fontsize=9)
     axes[0].set_xlabel("detector", fontsize=8)
     axes[0].tick_params(labelsize=7)
-    for ax, (name, image) in zip(axes[1:3], images.items(), strict=True):
-        ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-        ax.set_title(f"{name}\n{psnr(image, truth, peak):.2f} dB", fontsize=9)
-    axes[3].imshow(truth, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
-    axes[3].set_title("ground truth", fontsize=9)
-    shown = axes[4].imshow(error, cmap=ERROR_CMAP, vmin=0, interpolation="nearest")
-    axes[4].set_title("|error|", fontsize=9)
-    figure.colorbar(shown, ax=axes[4], shrink=0.8)
+    if truth is None:
+        for ax, (name, image) in zip(axes[1:3], images.items(), strict=True):
+            figure.colorbar(ax.imshow(image, cmap="gray", interpolation="nearest"), ax=ax, shrink=0.8)
+            ax.set_title(name, fontsize=9)
+    else:
+        low, high = float(truth.min()), float(truth.max())
+        peak = data_range or (high - low) or 1.0
+        for ax, (name, image) in zip(axes[1:3], images.items(), strict=True):
+            ax.imshow(image, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+            ax.set_title(f"{name}\n{psnr(image, truth, peak):.2f} dB", fontsize=9)
+        axes[3].imshow(truth, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
+        axes[3].set_title("ground truth", fontsize=9)
+        error = np.abs(images["reconstruction"] - truth)
+        shown = axes[4].imshow(error, cmap=ERROR_CMAP, vmin=0, interpolation="nearest")
+        axes[4].set_title("|error|", fontsize=9)
+        figure.colorbar(shown, ax=axes[4], shrink=0.8)
     if std is not None:
-        shown = axes[5].imshow(_slice(std, "std"), cmap=STD_CMAP, vmin=0, interpolation="nearest")
-        axes[5].set_title("predictive std", fontsize=9)
-        figure.colorbar(shown, ax=axes[5], shrink=0.8)
+        shown = axes[-1].imshow(_slice(std, "std"), cmap=STD_CMAP, vmin=0, interpolation="nearest")
+        axes[-1].set_title("predictive std", fontsize=9)
+        figure.colorbar(shown, ax=axes[-1], shrink=0.8)
     for ax in axes[1:]:
         _hide_axes(ax)
     return save_figure(figure, path)

@@ -1,7 +1,7 @@
 """Novel views and turntable videos of radiance fields, rendered through the volume renderer.
 
 Cameras follow the renderer's convention (:mod:`genfield.forward.volume`: NeRF / OpenGL, the camera
-looks down its ``-z``, ``y`` up). :func:`look_at` builds camera-to-world matrices;
+looks down its ``-z``, ``y`` up). :func:`~genfield.forward.volume.look_at` builds camera-to-world matrices;
 :func:`orbit_poses` puts ``n`` of them on a circle around the origin; :func:`render_view` renders
 one image through any forward map, in chunks of rays under ``torch.no_grad``; :func:`turntable`
 writes the orbit as a GIF or MP4. Rays come from :func:`genfield.forward.volume.camera_rays` and are
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -25,38 +25,18 @@ import torch
 from einops import rearrange
 
 from genfield.errors import InputError, unknown_name
-from genfield.forward.volume import CUBE_RADIUS, VolumeRenderer, camera_rays, ray_queries
+from genfield.forward.volume import (  # noqa: F401  (look_at: re-exported, its home before forward/)
+    CUBE_RADIUS,
+    UP_AXES,
+    VolumeRenderer,
+    camera_rays,
+    look_at,
+    ray_queries,
+)
 from genfield.viz.figures import to_uint8
 
 RayRenderer = Callable[[torch.Tensor], torch.Tensor]
 VIDEO_FORMATS = (".gif", ".mp4")
-_UP = {"x": (1.0, 0.0, 0.0), "y": (0.0, 1.0, 0.0), "z": (0.0, 0.0, 1.0)}
-
-
-def look_at(
-    eye: torch.Tensor, target: Sequence[float] = (0.0, 0.0, 0.0), up: str = "z"
-) -> torch.Tensor:
-    """Camera-to-world matrices ``(..., 4, 4)`` of cameras at ``eye`` ``(..., 3)`` facing a target.
-
-    OpenGL convention: the camera's ``-z`` axis points at the target and its ``+y`` axis is the
-    world ``up`` axis projected onto the image plane (``"z"``: Blender / NeRF-synthetic).
-    """
-    if up not in _UP:
-        raise unknown_name("up axis", up, list(_UP))
-    eye = torch.as_tensor(eye)
-    eye = eye if eye.is_floating_point() else eye.float()
-    world_up = torch.tensor(_UP[up], dtype=eye.dtype, device=eye.device).expand_as(eye)
-    back = eye - torch.as_tensor(target, dtype=eye.dtype, device=eye.device)
-    back = back / back.norm(dim=-1, keepdim=True)
-    right = torch.linalg.cross(world_up, back, dim=-1)
-    right = right / right.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    cam_up = torch.linalg.cross(back, right, dim=-1)
-    rotation = torch.stack([right, cam_up, back], dim=-1)  # columns: the camera axes in the world
-    c2w = torch.zeros(*eye.shape[:-1], 4, 4, dtype=eye.dtype, device=eye.device)
-    c2w[..., :3, :3] = rotation
-    c2w[..., :3, 3] = eye
-    c2w[..., 3, 3] = 1.0
-    return c2w
 
 
 def orbit_poses(
@@ -72,8 +52,8 @@ def orbit_poses(
     axis after ``up`` (``+x`` for z-up, ``+z`` for y-up); it increases counter-clockwise seen from
     above.
     """
-    if up not in _UP:
-        raise unknown_name("up axis", up, list(_UP))
+    if up not in UP_AXES:
+        raise unknown_name("up axis", up, list(UP_AXES))
     axes = {"z": (0, 1, 2), "y": (2, 0, 1), "x": (1, 2, 0)}[up]  # (h1, h2, up) axis indices
     azimuth = torch.deg2rad(start_azimuth + 360.0 * torch.arange(n, dtype=torch.float32) / n)
     el = math.radians(elevation)
