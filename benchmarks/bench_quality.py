@@ -20,6 +20,7 @@ derived from), and the central 90 % interval coverage of every row whose predict
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_quality --quick            # every cell, minutes
     OMP_NUM_THREADS=1 python -m benchmarks.bench_quality --budget small --kinds faces-10 glyphs-10 ct-8
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_quality --kinds glyphs-10 --set meta_steps=2000 batch_size=8
     python -m benchmarks.bench_quality --budget quality --steps-factor 10 --tag x10   # the 10x check
 
 Writes ``benchmarks/results/bench_quality[_<tag>].json`` (machine described) and ``.md``.
@@ -35,6 +36,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import yaml
 from einops import rearrange
 
 import genfield.comparison as comparison
@@ -177,8 +179,9 @@ def run_cell(cell: str, budget: Mapping[str, Any], methods: Sequence[str], seed:
         finally:
             comparison.evaluate = real_evaluate
         evaluated = iter(recorded)
+        have_classical = any(row["route"] == "classical" for row in rows)
         for r in found:
-            if r.route == "classical" and any(row["route"] == "classical" for row in rows):
+            if r.route == "classical" and have_classical:
                 continue  # the classical rows of the first method's run stand for the cell
             rows.append({**asdict(r), "coverage90": None if r.route == "classical" else next(evaluated)})
     steps = int(budget["meta_steps"])
@@ -303,8 +306,16 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default=None)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="budget entries, e.g. batch_size=8"
+    )
     args = parser.parse_args()
     budget = dict(QUICK_BUDGET) if args.quick else load_group("budget", args.budget)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in budget or not value:
+            raise SystemExit(f"bench_quality: --set {item!r}: budget keys are {', '.join(budget)}")
+        budget[key] = yaml.safe_load(value)
     budget["meta_steps"] = max(1, round(int(budget["meta_steps"]) * args.steps_factor))
     name = "quick" if args.quick else args.budget
     tag = f"bench_quality_{args.tag or name}"

@@ -80,7 +80,10 @@ def test_the_registry_lists_the_four_kinds_and_an_unknown_kind_lists_them():
 def test_kind_presets_and_default_tokenizers_come_from_the_specs():
     from genfield.processes.tokenizers import DEFAULT_TOKENIZER
 
-    assert KIND_PRESETS == {("ponp", "ct"): {"local_features": True, "context_subsample": (1, 20)}}
+    assert KIND_PRESETS == {
+        ("ponp", "ct"): {"local_features": True, "context_subsample": (1, 20)},
+        ("ponp", "image"): {"local_features": True},
+    }
     assert DEFAULT_TOKENIZER == {
         "image": "points",
         "ct": "projections",

@@ -236,7 +236,9 @@ def test_latent_objectives_are_finite_and_decrease_on_a_fixed_batch(objective, p
 
 def test_weight_token_conditioning_trains_and_is_order_invariant():
     torch.manual_seed(0)
-    model = build_process("ponp", image_field(), "image", conditioning="weights", latent_dim=0, **SMALL)
+    model = build_process(
+        "ponp", image_field(), "image", conditioning="weights", latent_dim=0, local_features=False, **SMALL
+    )
     batch = image_batch()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = float(model.compute_gradients(batch)["loss"])
@@ -407,7 +409,8 @@ def test_kind_options_and_local_feature_errors():
     assert model.config.width == 24
     with pytest.raises(InputError, match="by_kind"):
         build_process("cnp", fc, "image", by_kind={"pictures": {}})
+    shape_field = field_config("siren", in_dim=3, head="sdf", hidden=16, n_layers=2)
     with pytest.raises(InputError, match="local_features"):
-        build_process("ponp", fc, "image", local_features=True)
+        build_process("ponp", shape_field, "shape", local_features=True)
     with pytest.raises(InputError, match="context_subsample"):
         build_process("ponp", fc, "image", context_subsample=(3, 2))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -92,6 +93,7 @@ class ImageKind(KindSpec):
     in_dim = 2
     metric = "psnr"
     tokenizer = "points"
+    process_defaults = MappingProxyType({"ponp": {"local_features": True}})
     baselines = (classical("biharmonic"), classical("gaussian-prior"), classical("mean"))
     accepts = ("image",)
     describe = "an image file"

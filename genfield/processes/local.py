@@ -16,6 +16,15 @@ field's domain, and evaluated at a point ``x`` it gives the evidence the measure
   ``theta_a`` go through an MLP; the mean over views (order invariant, any number of views) and
   FBP itself, ``(pi / A) sum_a q_a(t_a(x))``, go through a second MLP. With a linear first MLP this
   contains FBP; the nonlinearity lets the process learn which evidence to trust at few views.
+  With ``trunk`` (U-Net channels), a U-Net over the pooled grid adds a residual, so each point also
+  reads its neighbourhood at several scales: the learned post-processing of FBPConvNet (Jin et al.
+  2017) inside the neural process, which removes the streaks a per-point map cannot see.
+* :class:`SetConvFeatures` (images): ConvCNP's set convolution (Gordon et al. 2020) through the point
+  map's adjoint. The adjoint splats the context values and a channel of ones (the *density*) onto the
+  grid; the density-normalised values ``P^T y / P^T 1`` (a weighted mean of nearby context values),
+  the density and the grid's coordinates go through a U-Net (:mod:`genfield.processes.unet`), so each
+  point reads features of its neighbourhood at several scales. A grid field read at the pixel centres
+  is the identity, so at ``resolution`` equal to the image side the input holds the context exactly.
 
 ``LOCAL_FEATURES`` maps a batch kind to its part; kinds without one raise
 :class:`~genfield.errors.InputError` when ``local_features`` is asked for.
@@ -31,11 +40,13 @@ from torch import nn
 
 from genfield.datasets.batch import Observations
 from genfield.errors import InputError
+from genfield.fields.coords import grid_coords
 from genfield.forward.base import ForwardMap
 from genfield.forward.ct import filter_sinogram
 from genfield.forward.grid import grid_field
 from genfield.processes.encoders import MLP
 from genfield.processes.tokenizers import angle_features, count_leading_equal
+from genfield.processes.unet import UNet
 
 
 def sample_grid(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -58,6 +69,7 @@ class BackProjectionFeatures(nn.Module):
         n_frequencies: Fourier features of the view angle.
         resolution: side ``R`` of the feature grid; ``None`` means the detector count.
         n_detectors: bins per projection; ``None`` reads it off the queries (angle-major).
+        trunk: channels per level of a U-Net over the pooled grid (a residual); ``None``: none.
     """
 
     def __init__(
@@ -68,8 +80,10 @@ class BackProjectionFeatures(nn.Module):
         n_frequencies: int = 4,
         resolution: int | None = None,
         n_detectors: int | None = None,
+        trunk: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
+        self.trunk = UNet(width, width, tuple(trunk)) if trunk else None
         self.offsets = tuple(float(o) for o in range(-window, window + 1))
         self.n_frequencies, self.resolution, self.n_detectors = n_frequencies, resolution, n_detectors
         per_view = 2 * n_frequencies + 2 * len(self.offsets) * value_dim
@@ -100,7 +114,8 @@ class BackProjectionFeatures(nn.Module):
         c = self.value_dim
         fbp = ramp[..., self.centre : self.centre + c].sum(dim=-2) * (math.pi / n_views)
         features = self.pool_mlp(torch.cat([views, fbp], dim=-1))
-        return rearrange(features, "s (h w) c -> s c h w", h=r)
+        grid = rearrange(features, "s (h w) c -> s c h w", h=r)
+        return grid if self.trunk is None else grid + self.trunk(grid)
 
     def view_backprojections(
         self, forward_map: ForwardMap, context: Observations, d: int, r: int
@@ -125,8 +140,64 @@ class BackProjectionFeatures(nn.Module):
         return tuple(rearrange(g, "s a o h w c -> s (h w) a (o c)") for g in (raw, ramp))
 
 
+class SetConvFeatures(nn.Module):
+    """Images: a U-Net over the density-normalised adjoint of the context (ConvCNP's set convolution).
+
+    Args:
+        value_dim: channels per measurement.
+        width: feature width (the U-Net's output channels).
+        resolution: side ``R`` of the feature grid over ``[-1, 1]^2`` (the image side is the natural
+            choice: each pixel then owns one cell).
+        channels: the U-Net's channels per level, finest first.
+        coordinates: append the grid's (row, column) coordinates to the U-Net's input (CoordConv), so
+            features may depend on position in aligned collections (faces), not on the neighbourhood only.
+    """
+
+    def __init__(
+        self,
+        value_dim: int,
+        width: int,
+        resolution: int = 32,
+        channels: tuple[int, ...] = (16, 32, 64),
+        coordinates: bool = True,
+    ) -> None:
+        super().__init__()
+        if resolution < 2:
+            raise InputError(f"process local_options.resolution must be >= 2, got {resolution}")
+        self.resolution, self.coordinates = int(resolution), bool(coordinates)
+        self.unet = UNet(value_dim + 1 + (2 if coordinates else 0), width, tuple(channels))
+
+    def forward(self, context: Observations, forward_map: ForwardMap) -> torch.Tensor:
+        """Feature grids ``(S, width, R, R)`` from 2-d point observations."""
+        return self.unet(rearrange(self.evidence(context, forward_map), "s h w c -> s c h w"))
+
+    def evidence(self, context: Observations, forward_map: ForwardMap) -> torch.Tensor:
+        """The U-Net's input ``(S, R, R, c + 1 [+ 2])``: ``P^T y / P^T 1``, ``P^T 1`` [, coordinates]."""
+        if not forward_map.linear:
+            raise InputError(
+                f"local features go through the adjoint of the forward map; the {forward_map.name} "
+                f"forward map is not linear"
+            )
+        if context.queries.shape[-1] != 2:
+            raise InputError(
+                f"set-convolution local features need 2-d point queries, got {context.queries.shape[-1]}-d"
+            )
+        r = self.resolution
+        ones = torch.ones_like(context.values[..., :1])
+        grid = forward_map.adjoint(torch.cat([context.values, ones], dim=-1), context.queries, (r, r))
+        density = grid[..., -1:]
+        # a weighted mean of nearby context values; shrunk to 0 where the density is below 0.01 (no
+        # evidence: rounding leaves ~1e-7 of a pixel-centre value on the neighbouring cell)
+        values = grid[..., :-1] / density.clamp_min(0.01)
+        parts = [values, density]
+        if self.coordinates:
+            coords = grid_coords((r, r), device=grid.device, dtype=grid.dtype).reshape(1, r, r, 2)
+            parts.append(coords.expand(grid.shape[0], -1, -1, -1))
+        return torch.cat(parts, dim=-1)
+
+
 #: The local-feature part of each batch kind (``local_features=True``).
-LOCAL_FEATURES = {"ct": BackProjectionFeatures}
+LOCAL_FEATURES = {"ct": BackProjectionFeatures, "image": SetConvFeatures}
 
 
 def build_local_features(kind: str, value_dim: int, width: int, **options) -> nn.Module:

@@ -1,0 +1,97 @@
+"""Local features of the neural processes: the set convolution's evidence grid and the U-Net trunk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genfield.datasets.batch import Observations
+from genfield.errors import InputError
+from genfield.fields.coords import grid_coords
+from genfield.fields.field import field_config
+from genfield.forward import PointMap
+from genfield.processes import build_process
+from genfield.processes.local import SetConvFeatures
+from genfield.processes.unet import UNet
+
+
+def test_unet_keeps_any_grid_side_and_mixes_neighbourhoods():
+    torch.manual_seed(0)
+    net = UNet(3, 5, (4, 8, 8))
+    for side in (7, 8, 13):
+        grid = torch.randn(2, 3, side, side)
+        out = net(grid)
+        assert out.shape == (2, 5, side, side) and torch.isfinite(out).all()
+    # a change at one cell reaches cells beyond a 3x3 neighbourhood (receptive field of the levels)
+    grid = torch.zeros(1, 3, 16, 16)
+    bumped = grid.clone()
+    bumped[0, :, 8, 8] = 1.0
+    moved = (net(bumped) - net(grid)).abs().sum(1)[0]
+    assert moved[8, 14] > 0 and moved[2, 8] > 0
+
+
+def test_set_convolution_evidence_is_the_context_on_its_pixels():
+    """At the image side, each pixel centre owns one cell: values and density by index, not by splat."""
+    torch.manual_seed(0)
+    side, n = 6, 10
+    coords = grid_coords((side, side))
+    index = torch.stack([torch.randperm(side * side)[:n] for _ in range(2)])
+    values = torch.rand(2, n, 1)
+    context = Observations(coords[index], values)
+    evidence = SetConvFeatures(1, 8, resolution=side).evidence(context, PointMap())
+    expected_values = torch.zeros(2, side * side, 1)
+    expected_density = torch.zeros(2, side * side, 1)
+    for s in range(2):
+        expected_values[s, index[s]] = values[s]
+        expected_density[s, index[s]] = 1.0
+    flat = evidence.reshape(2, side * side, -1)
+    torch.testing.assert_close(flat[..., :1], expected_values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat[..., 1:2], expected_density, atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat[0, :, 2:], coords)
+
+
+def test_set_convolution_evidence_off_the_grid_is_a_weighted_mean_of_nearby_values():
+    torch.manual_seed(0)
+    points = torch.rand(1, 50, 2) * 1.6 - 0.8  # inside the outer cell centres
+    values = torch.rand(1, 50, 3)
+    evidence = SetConvFeatures(3, 8, resolution=5, coordinates=False).evidence(
+        Observations(points, values), PointMap()
+    )
+    mean, density = evidence[..., :3], evidence[..., 3]
+    covered = density >= 0.01
+    assert covered.any()
+    # a convex combination of the context values, cell by cell
+    assert (mean[covered] >= values.amin() - 1e-6).all() and (mean[covered] <= values.amax() + 1e-6).all()
+    assert (mean[~covered].abs() <= values.amax()).all()
+    torch.testing.assert_close(density.sum(), torch.tensor(50.0))  # bilinear weights of inner points sum to 1
+
+
+def test_image_ponp_reads_local_features_and_rejects_non_linear_maps():
+    torch.manual_seed(0)
+    fc = field_config("siren", in_dim=2, head="grey", hidden=16, n_layers=2)
+    model = build_process(
+        "ponp",
+        fc,
+        "image",
+        width=16,
+        depth=1,
+        latent_dim=0,
+        local_options={"resolution": 8, "channels": [4, 8]},
+    )
+    assert model.config.local_features  # the image kind's default
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    coords = grid_coords((8, 8))
+    context = Observations(coords[None, :12].expand(2, -1, -1), torch.rand(2, 12, 1))
+    points = coords[None].expand(2, -1, -1)
+    first = model.reconstruct(context, PointMap(), points, PointMap()).mean
+    other = Observations(context.queries, context.values.flip(0))
+    second = model.reconstruct(other, PointMap(), points, PointMap()).mean
+    torch.testing.assert_close(first.flip(0), second, atol=1e-5, rtol=1e-5)  # per signal
+    assert (first[0] - first[1]).abs().max() > 1e-4  # the prediction depends on the context values
+    with pytest.raises(InputError, match="not linear"):
+        model.local(context, _NonLinearPoints())
+
+
+class _NonLinearPoints(PointMap):
+    linear = False
