@@ -100,6 +100,7 @@ GROUP_RULES: dict[str, Rule] = {
     **dict.fromkeys(["n_samples", "n_detectors"], nullable(COUNT)),
     "n_importance": COUNT0,
     "context_fraction": FRACTION,
+    "train_target": Rule(lambda v: v == "all" or (_is_int(v) and v >= 1), "'all' or an integer >= 1"),
     "grey": BOOLEAN,
     "split_fractions": Rule(
         _split_fractions, "three fractions >= 0 summing to at most 1, e.g. [0.8, 0.1, 0.1]"

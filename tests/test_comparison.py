@@ -31,6 +31,22 @@ def test_verdict_names_the_winner_and_the_margin():
     assert verdict(rows).splitlines()[0] in results_markdown(rows)
 
 
+def test_verdict_states_a_linear_learned_prior_apart_from_the_classical_baseline():
+    """The Gaussian prior learns from the collection: not the classical baseline, but always stated."""
+    rows = [
+        _row("glyphs", "biharmonic", "classical", "biharmonic", 15.84),
+        _row("glyphs", "gaussian-prior", "classical", "gaussian-prior", 17.32),
+        _row("glyphs", "ponp", "process", "one pass", 16.50),
+        _row("glyphs", "random_init", "baseline", "fit 100", 15.05),
+    ]
+    (line,) = verdict(rows).splitlines()
+    assert line.startswith("glyphs: best learned ponp (one pass) 16.50 dB against best reference biharmonic")
+    assert "the learned method wins by 0.66 dB PSNR." in line
+    assert line.endswith("The linear learned prior gaussian-prior gives 17.32 dB: ponp is behind by 0.82 dB.")
+    rows[2] = _row("glyphs", "ponp", "process", "one pass", 17.50)
+    assert verdict(rows).endswith("ponp is ahead by 0.18 dB.")
+
+
 def test_compare_on_shapes_writes_each_methods_mesh(tmp_path):
     from genfield.comparison import load_group, run_comparison
 

@@ -11,7 +11,7 @@ from genfield.fields.coords import grid_coords
 from genfield.fields.field import field_config
 from genfield.forward import PointMap
 from genfield.processes import build_process
-from genfield.processes.local import SetConvFeatures
+from genfield.processes.local import SetConvFeatures, gaussian_blur
 from genfield.processes.unet import UNet
 
 
@@ -64,6 +64,45 @@ def test_set_convolution_evidence_off_the_grid_is_a_weighted_mean_of_nearby_valu
     assert (mean[covered] >= values.amin() - 1e-6).all() and (mean[covered] <= values.amax() + 1e-6).all()
     assert (mean[~covered].abs() <= values.amax()).all()
     torch.testing.assert_close(density.sum(), torch.tensor(50.0))  # bilinear weights of inner points sum to 1
+
+
+@pytest.mark.parametrize("scale", [0.7, 1.0, 2.5])
+def test_gaussian_blur_matches_scipy_with_zero_padding(scale):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    torch.manual_seed(0)
+    grid = torch.rand(2, 11, 9, 3, dtype=torch.float64)
+    ours = gaussian_blur(grid, scale)
+    for s in range(2):
+        for c in range(3):
+            reference = ndimage.gaussian_filter(
+                grid[s, :, :, c].numpy(), scale, mode="constant", truncate=3.0
+            )
+            torch.testing.assert_close(ours[s, :, :, c], torch.from_numpy(reference), atol=1e-10, rtol=0)
+
+
+def test_multiscale_evidence_is_a_normalised_convolution_of_the_context():
+    """Each scale's values are the Gaussian-weighted mean of the context (constant in, constant out)."""
+    torch.manual_seed(0)
+    side = 12
+    coords = grid_coords((side, side))
+    index = torch.randperm(side * side)[:15]
+    values = torch.full((1, 15, 2), 0.3)
+    features = SetConvFeatures(2, 8, resolution=side, coordinates=False, scales=(1.0, 3.0))
+    evidence = features.evidence(Observations(coords[index][None], values), PointMap())
+    assert evidence.shape == (1, side, side, 3 * 3)
+    for start in (3, 6):  # (values, density) of each scale
+        smooth, density = evidence[..., start : start + 2], evidence[..., start + 2]
+        reached = density > 1e-3
+        torch.testing.assert_close(smooth[reached], torch.full_like(smooth[reached], 0.3))
+        # the density is the blurred indicator of the context pixels
+        indicator = torch.zeros(1, side, side, 1)
+        indicator.view(1, -1, 1)[0, index] = 1.0
+        scale = 1.0 if start == 3 else 3.0
+        torch.testing.assert_close(density, gaussian_blur(indicator, scale)[..., 0])
+    # the wider Gaussian reaches cells the narrow one does not
+    assert (evidence[..., 8] > 1e-3).sum() > (evidence[..., 5] > 1e-3).sum()
+    with pytest.raises(InputError, match="scales"):
+        SetConvFeatures(1, 8, scales=(0.0,))
 
 
 def test_image_ponp_reads_local_features_and_rejects_non_linear_maps():

@@ -48,6 +48,11 @@ BASELINES: dict[str, Callable[..., Baseline]] = {
     "nearest-view": NearestView,
 }
 
+#: The learned linear references: fitted to the training collection like the neural routes, so a
+#: comparison's verdict states them apart from the classical baseline (:func:`genfield.comparison.verdict`).
+LINEAR_PRIORS = frozenset({"gaussian-prior"})
+
+
 def build_baseline(name: str, **options: Any) -> Baseline:
     """The baseline registered as ``name``, built with ``options`` (e.g. ``iterations=10`` for SART)."""
     if name not in BASELINES:
@@ -66,6 +71,7 @@ __all__ = [
     "Baseline",
     "Biharmonic",
     "GaussianPrior",
+    "LINEAR_PRIORS",
     "MeanShape",
     "MeanSignal",
     "Nearest",

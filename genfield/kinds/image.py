@@ -122,8 +122,11 @@ class ImageKind(KindSpec):
     def splits(self, cfg: Mapping[str, Any]) -> tuple[Callable, Callable]:
         from genfield.datasets.images import ImageSplit
 
-        split = ImageSplit(context_fraction=float(option(cfg, "context_fraction", 0.1)))
-        return split, split
+        fraction = float(option(cfg, "context_fraction", 0.1))
+        # training targets may be a random subset of pixels (``train_target``: cheaper steps, the
+        # neural-process convention); evaluation always scores every pixel
+        train = ImageSplit(context_fraction=fraction, target=option(cfg, "train_target", "all"))
+        return train, ImageSplit(context_fraction=fraction)
 
     def read_input(self, path: Path, given: str, run: Any, options: Mapping[str, Any]) -> SignalBatch:
         """The resized image, its context a seeded ``context_fraction`` (or a mask's pixels)."""

@@ -35,7 +35,8 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange
+import torch.nn.functional as F
+from einops import rearrange, repeat
 from torch import nn
 
 from genfield.datasets.batch import Observations
@@ -151,6 +152,11 @@ class SetConvFeatures(nn.Module):
         channels: the U-Net's channels per level, finest first.
         coordinates: append the grid's (row, column) coordinates to the U-Net's input (CoordConv), so
             features may depend on position in aligned collections (faces), not on the neighbourhood only.
+        scales: standard deviations, in grid cells, of Gaussian set convolutions added to the input:
+            for each ``s``, the normalised convolution ``(k_s * P^T y) / (k_s * P^T 1)`` and its density
+            ``k_s * P^T 1`` (Knutsson & Westin 1993; ConvCNP's RBF set convolution at a fixed length
+            scale), so the U-Net starts from smooth interpolants at several ranges instead of having
+            to learn to fill the gaps between sparse samples.
     """
 
     def __init__(
@@ -160,19 +166,26 @@ class SetConvFeatures(nn.Module):
         resolution: int = 32,
         channels: tuple[int, ...] = (16, 32, 64),
         coordinates: bool = True,
+        scales: tuple[float, ...] = (),
     ) -> None:
         super().__init__()
         if resolution < 2:
             raise InputError(f"process local_options.resolution must be >= 2, got {resolution}")
+        if any(not (float(s) > 0) for s in scales):
+            raise InputError(f"process local_options.scales must be > 0 grid cells, got {list(scales)}")
         self.resolution, self.coordinates = int(resolution), bool(coordinates)
-        self.unet = UNet(value_dim + 1 + (2 if coordinates else 0), width, tuple(channels))
+        self.scales = tuple(float(s) for s in scales)
+        per_scale = value_dim + 1
+        in_channels = per_scale * (1 + len(self.scales)) + (2 if coordinates else 0)
+        self.unet = UNet(in_channels, width, tuple(channels))
 
     def forward(self, context: Observations, forward_map: ForwardMap) -> torch.Tensor:
         """Feature grids ``(S, width, R, R)`` from 2-d point observations."""
         return self.unet(rearrange(self.evidence(context, forward_map), "s h w c -> s c h w"))
 
     def evidence(self, context: Observations, forward_map: ForwardMap) -> torch.Tensor:
-        """The U-Net's input ``(S, R, R, c + 1 [+ 2])``: ``P^T y / P^T 1``, ``P^T 1`` [, coordinates]."""
+        """The U-Net's input ``(S, R, R, (c + 1)(1 + len(scales)) [+ 2])``: ``P^T y / P^T 1``, ``P^T 1``,
+        the same after each Gaussian of ``scales`` [, coordinates]."""
         if not forward_map.linear:
             raise InputError(
                 f"local features go through the adjoint of the forward map; the {forward_map.name} "
@@ -190,10 +203,32 @@ class SetConvFeatures(nn.Module):
         # evidence: rounding leaves ~1e-7 of a pixel-centre value on the neighbouring cell)
         values = grid[..., :-1] / density.clamp_min(0.01)
         parts = [values, density]
+        for scale in self.scales:
+            smooth = gaussian_blur(grid, scale)
+            parts += [smooth[..., :-1] / smooth[..., -1:].clamp_min(1e-3), smooth[..., -1:]]
         if self.coordinates:
             coords = grid_coords((r, r), device=grid.device, dtype=grid.dtype).reshape(1, r, r, 2)
             parts.append(coords.expand(grid.shape[0], -1, -1, -1))
         return torch.cat(parts, dim=-1)
+
+
+def gaussian_blur(grid: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(S, R, R, C)`` convolved with a normalised Gaussian of standard deviation ``scale`` cells.
+
+    Separable, truncated at 3 standard deviations (rounded as SciPy does), zero beyond the grid (a
+    normalised convolution divides that loss of mass out again).
+    """
+    radius = max(1, int(3 * scale + 0.5))  # scipy.ndimage.gaussian_filter's truncation, truncate=3
+    taps = torch.arange(-radius, radius + 1, dtype=grid.dtype, device=grid.device)
+    kernel = torch.exp(-0.5 * (taps / scale) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = grid.shape[-1]
+    x = rearrange(grid, "s h w c -> s c h w")
+    rows = repeat(kernel, "k -> c 1 k 1", c=channels)
+    cols = repeat(kernel, "k -> c 1 1 k", c=channels)
+    x = F.conv2d(x, rows, padding=(radius, 0), groups=channels)
+    x = F.conv2d(x, cols, padding=(0, radius), groups=channels)
+    return rearrange(x, "s c h w -> s h w c")
 
 
 #: The local-feature part of each batch kind (``local_features=True``).
