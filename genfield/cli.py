@@ -29,7 +29,7 @@ commands:
   train ...          meta-train a method on a dataset (Hydra overrides: method=, data=, field=)
   reconstruct ...    reconstruct a new signal from its observations with a trained run
   compare ...        compare methods x datasets under one budget, write results.csv / results.md
-  demo               the main job on built-in data: iBaML and PONP on faces, figures and a table
+  demo               the main job on built-in data: iBaML and PONP on glyphs, figures and a table
 
 `genfield <command> --help` describes a command.
 """

@@ -148,6 +148,10 @@ COMPARE_RULES: dict[str, Rule] = {
     "progress": BOOLEAN,
     "field": TEXT,
     "budget.meta_steps": COUNT,
+    "budget.method_steps": Rule(
+        lambda v: isinstance(v, Mapping) and all(_is_int(s) and s >= 0 for s in v.values()),
+        "a mapping of method name to an integer >= 0, e.g. {ibaml: 150}",
+    ),
     "budget.batch_size": COUNT,
     "budget.eval_signals": COUNT,
     "budget.adapt_steps": _step_list(0),
@@ -246,6 +250,10 @@ def validate_compare(config: Mapping[str, Any]) -> None:
         names = config.get(key)
         if not isinstance(names, list | tuple) or not names or not all(TEXT.accepts(n) for n in names):
             raise InputError(f"{key}={names!r}: expected a non-empty list of names, e.g. {key}=[a,b]")
+    methods = list(config["methods"])
+    unknown = sorted(set((config.get("budget") or {}).get("method_steps") or {}) - set(methods))
+    if unknown:
+        raise InputError(f"budget.method_steps names {unknown}, not among the methods {methods}")
     check_group(config.get("field_options"), "field_options")
     for key in ("data_overrides", "method_overrides"):
         overrides = config.get(key) or {}

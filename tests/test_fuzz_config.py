@@ -107,6 +107,8 @@ CASES = [
     ("demo", ["budget.meta_steps=0"], "budget.meta_steps=0: expected an integer >= 1"),
     ("demo", ["seed=abc"], "seed='abc': expected an integer >= 0"),
     ("demo", ["budget.tto_steps=-2"], "budget.tto_steps=-2: expected an integer >= 0"),
+    ("demo", ["budget.method_steps.ibaml=-1"], "expected a mapping of method name to an integer >= 0"),
+    ("demo", ["+budget.method_steps.maml=5"], "budget.method_steps names ['maml'], not among the methods"),
 ]
 
 

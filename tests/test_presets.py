@@ -105,4 +105,5 @@ def test_demo_config_names_existing_methods_and_data():
         cfg = compose("demo")
     for method in cfg.methods:
         assert (CONFIGS / "method" / f"{method}.yaml").is_file()
-    assert list(cfg.datasets) == ["faces"] and {"ibaml", "ponp"} <= set(cfg.methods)
+    assert list(cfg.datasets) == ["glyphs"] and {"ibaml", "ponp", "random_init"} <= set(cfg.methods)
+    assert set(cfg.budget.method_steps) <= set(cfg.methods)

@@ -38,7 +38,7 @@ def test_set_convolution_evidence_is_the_context_on_its_pixels():
     index = torch.stack([torch.randperm(side * side)[:n] for _ in range(2)])
     values = torch.rand(2, n, 1)
     context = Observations(coords[index], values)
-    evidence = SetConvFeatures(1, 8, resolution=side).evidence(context, PointMap())
+    evidence = SetConvFeatures(1, 8, resolution=side, scales=()).evidence(context, PointMap())
     expected_values = torch.zeros(2, side * side, 1)
     expected_density = torch.zeros(2, side * side, 1)
     for s in range(2):
@@ -54,7 +54,7 @@ def test_set_convolution_evidence_off_the_grid_is_a_weighted_mean_of_nearby_valu
     torch.manual_seed(0)
     points = torch.rand(1, 50, 2) * 1.6 - 0.8  # inside the outer cell centres
     values = torch.rand(1, 50, 3)
-    evidence = SetConvFeatures(3, 8, resolution=5, coordinates=False).evidence(
+    evidence = SetConvFeatures(3, 8, resolution=5, coordinates=False, scales=()).evidence(
         Observations(points, values), PointMap()
     )
     mean, density = evidence[..., :3], evidence[..., 3]

@@ -166,7 +166,7 @@ class SetConvFeatures(nn.Module):
         resolution: int = 32,
         channels: tuple[int, ...] = (16, 32, 64),
         coordinates: bool = True,
-        scales: tuple[float, ...] = (),
+        scales: tuple[float, ...] = (1.0, 2.0, 4.0),
     ) -> None:
         super().__init__()
         if resolution < 2:
