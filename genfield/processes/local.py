@@ -69,7 +69,8 @@ class BackProjectionFeatures(nn.Module):
         window: bins on each side of ``t_a(x)`` read from each profile (``2 window + 1`` in all).
         n_frequencies: Fourier features of the view angle.
         resolution: side ``R`` of the feature grid; ``None`` means the detector count.
-        n_detectors: bins per projection; ``None`` reads it off the queries (angle-major).
+        n_detectors: bins per projection; ``None``: the context's layout's (inferred from the
+            angle-major queries where the context has no layout).
         trunk: channels per level of a U-Net over the pooled grid (a residual); ``None``: none.
     """
 
