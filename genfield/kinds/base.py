@@ -84,6 +84,9 @@ class KindSpec:
         in_dim: the field's input dimension (2 for pixels and CT slices, 3 for shapes and scenes).
         metric: the headline metric of its comparison tables (a key of :meth:`score`).
         tokenizer: the neural processes' default tokenizer (``processes/tokenizers.py``).
+        forward_map: the registered forward map its observations go through
+            (:data:`genfield.forward.FORWARD_MAPS`): what a neural process asks for the number of
+            channels of one measurement.
         process_defaults: per process name, the options a neural process takes on this kind unless
             its config says otherwise (precedence: preset < these < options < ``by_kind``).
         baselines: zero-argument factories of the kind's classical :class:`Baseline` objects.
@@ -96,6 +99,7 @@ class KindSpec:
     in_dim: int = 2
     metric: str = "psnr"
     tokenizer: str = "points"
+    forward_map: str = "point"
     process_defaults: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
     baselines: tuple[Callable[[], Baseline], ...] = ()
     accepts: tuple[str, ...] = ()

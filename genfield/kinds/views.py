@@ -65,6 +65,7 @@ class ViewsKind(KindSpec):
     in_dim = 3
     metric = "psnr"
     tokenizer = "patches"
+    forward_map = "volume"
     baselines = (classical("nearest-view"),)
     accepts = ("views",)
     describe = "a NeRF-synthetic scene folder (transforms*.json + images)"
