@@ -60,12 +60,15 @@ class ModulationConditioner(nn.Module):
         super().__init__()
         width = config.width
         self.pooled = config.deterministic and not config.attention  # r joins the global code
-        self.cross = CrossAttention(in_dim, width, config.heads) if config.attention else None
-        self.local = (
+        cross = CrossAttention(in_dim, width, config.heads) if config.attention else None
+        local = (
             build_local_features(kind, obs_channels, width, **config.local_options)
             if config.local_features
             else None
         )
+        # registered even when absent (None), so ``process.cross`` and ``process.local`` always exist
+        self.add_module("cross", cross)
+        self.add_module("local", local)
         self.code_dim = (width if self.pooled else 0) + config.latent_dim
         point_dim = (width if config.attention else 0) + (width if config.local_features else 0)
         self.shape = decoder.modulation_shape

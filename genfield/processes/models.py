@@ -105,7 +105,7 @@ class NeuralProcess(Reconstructor):
         keys of the process before its parts had modules of their own."""
         for key, parameter in part.named_parameters(recurse=False):
             self.register_parameter(key, parameter)
-        for key, module in part.named_children():
+        for key, module in part._modules.items():  # with the unused ones (None), as before
             self.add_module(key, module)
         object.__setattr__(self, name, part)  # not a second registration
 
