@@ -6,7 +6,7 @@ evaluation contexts have ``eval_context_angles`` even angles. Evaluation queries
 slice (PSNR, SSIM); the figure is the CT panel (context sinogram | FBP | reconstruction | error |
 std); the classical baseline is filtered back-projection of the context projections. PONP on CT
 defaults to back-projection local features and varying training views, the two parts that let it
-beat FBP from 8 views (processes/models.py).
+beat FBP from 8 views (docs/decisions.md).
 """
 
 from __future__ import annotations

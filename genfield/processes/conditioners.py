@@ -7,7 +7,9 @@ and, at decoding time, into the decoder's modulations at the query points.
   modulates every hidden pre-activation of the decoder, ``z_l + beta_l`` or
   ``(1 + gamma_l) z_l + beta_l`` (Functa; pi-GAN's FiLM). The representation is the global code
   ``[r, z]``, joined per point by the cross-attention output (ANP) and the local features read at
-  the point (:mod:`genfield.processes.local`).
+  the point: a grid of features of the context through the adjoint of its forward map (the
+  measurement-consistent analogue of pixelNeRF's projection into the context views; for CT the
+  per-view back-projections, :mod:`genfield.processes.local`), read bilinearly.
 * :class:`WeightTokenConditioner` (``"weights"``): TransINR's weight tokens. Learned tokens go
   through the transformer with the data tokens; output token ``t_o`` rescales row ``o`` of a base
   weight matrix of the decoder, ``W_s[o] = ||W[o]|| normalize(W[o] * head(t_o))``, per signal. The
