@@ -134,3 +134,26 @@ def test_checkpoints_keep_the_keys_of_the_process_and_load_into_a_fresh_build(na
         torch.manual_seed(2)
         outs.append(process.reconstruct(context(), PointMap(), queries, PointMap(), num_samples=2).mean)
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
+def test_injected_parts_replace_the_built_ones():
+    """A process built from hand-made parts uses them: here a likelihood with another std floor."""
+    from dataclasses import replace
+
+    from genfield.processes.config import process_config
+    from genfield.processes.likelihoods import GaussianLikelihood
+    from genfield.processes.models import NeuralProcess
+    from genfield.processes.parts import build_parts
+
+    fc, config = grey_field(), process_config("cnp", "image", **SMALL)
+    torch.manual_seed(0)
+    default = NeuralProcess(fc, "image", config)
+    torch.manual_seed(0)
+    parts = build_parts(fc, "image", config)
+    floored = NeuralProcess(
+        fc, "image", config, replace(parts, likelihood=GaussianLikelihood(1, min_std=0.5))
+    )
+    queries = grid_coords((3, 3)).expand(2, -1, -1)
+    a, b = (m.reconstruct(context(), PointMap(), queries, PointMap()) for m in (default, floored))
+    torch.testing.assert_close(a.mean, b.mean)
+    torch.testing.assert_close(b.std, a.std + 0.5 - config.min_std)

@@ -91,7 +91,7 @@ class NeuralProcess(Reconstructor):
     ) -> None:
         super().__init__()
         validate_config(kind, config)
-        parts = parts or build_parts(field_config, kind, config)
+        parts = build_parts(field_config, kind, config) if parts is None else parts
         self.kind, self.config, self.field_config = kind, config, field_config
         self.signal_channels, self.obs_channels = parts.signal_channels, parts.obs_channels
         self.decoder, self.tokenizer, self.likelihood = parts.decoder, parts.tokenizer, parts.likelihood
