@@ -1,4 +1,4 @@
-"""The options of a neural process, the four named models as presets of them, and their checks.
+"""The options of a neural process and the four named models as presets of them.
 
 The four models are combinations of parts (the Neural-Process-Family's view):
 
@@ -22,7 +22,6 @@ from typing import Any
 
 from genfield.errors import InputError, unknown_name
 from genfield.kinds import KINDS, get_kind, options_for_kind
-from genfield.processes.conditioners import CONDITIONERS
 
 MODELS = ("cnp", "np", "anp", "ponp")
 
@@ -93,28 +92,3 @@ def process_config(name: str, kind: str, **options: Any) -> ProcessConfig:
         if key in options:
             options[key] = dict(options[key] or {})
     return ProcessConfig(model=name, **{**PRESETS[name], **options})
-
-
-def validate_config(kind: str, config: ProcessConfig) -> None:
-    """Raise :class:`InputError` for an unknown kind or option value, or parts that do not combine."""
-    get_kind(kind)  # an unknown kind raises, listing the registered ones
-    checks = {
-        "encoder": (config.encoder, ("set", "transformer")),
-        "objective": (config.objective, ("elbo", "ml")),
-        "proposal": (config.proposal, ("posterior", "prior")),
-        "conditioning": (config.conditioning, tuple(CONDITIONERS)),
-        "likelihood": (config.likelihood, ("auto", "gaussian", "bernoulli")),
-        "tto_params": (config.tto_params, ("latent", "decoder")),
-        "tto_scale": (config.tto_scale, ("frozen", "nuisance", "adapted")),
-    }
-    for key, (value, valid) in checks.items():
-        if value not in valid:
-            raise unknown_name(f"process {key}", value, valid)
-    CONDITIONERS[config.conditioning].check(config)
-    subsample = config.context_subsample
-    if subsample is not None and not (len(subsample) == 2 and 1 <= subsample[0] <= subsample[1]):
-        raise InputError(f"process context_subsample must be (lo, hi), 1 <= lo <= hi: {subsample}")
-    if not (config.deterministic or config.latent_dim or config.attention):
-        raise InputError("process needs a deterministic path, a latent path or attention")
-    if config.max_tokens < 1 or config.train_samples < 1:
-        raise InputError("process max_tokens and train_samples must be >= 1")

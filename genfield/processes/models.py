@@ -58,15 +58,8 @@ from genfield.forward import ForwardMap
 from genfield.interface import Adapted, Prediction, Reconstructor
 from genfield.processes import objectives
 from genfield.processes.conditioners import Conditioning
-from genfield.processes.config import (
-    KIND_PRESETS,
-    MODELS,
-    PRESETS,
-    ProcessConfig,
-    process_config,
-    validate_config,
-)
-from genfield.processes.parts import ProcessParts, build_parts
+from genfield.processes.config import KIND_PRESETS, MODELS, PRESETS, ProcessConfig, process_config
+from genfield.processes.parts import ProcessParts, build_parts, validate_config
 from genfield.processes.refinement import refine
 from genfield.processes.subsampling import subsample_context
 from genfield.processes.tokenizers import select_tokens

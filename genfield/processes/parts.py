@@ -1,5 +1,7 @@
 """The parts a :class:`~genfield.processes.models.NeuralProcess` orchestrates, built from its options.
 
+:func:`validate_config` checks that the options name known parts and that the parts combine.
+
 :func:`build_parts` is the one place that turns a :class:`ProcessConfig` into parts; a caller may
 build :class:`ProcessParts` by hand instead (another conditioner, likelihood or encoder) and hand
 them to the process. The parts are built in a fixed order (decoder, encoder, latent encoder,
@@ -13,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from genfield.errors import InputError, unknown_name
 from genfield.fields.field import Field, FieldConfig
 from genfield.fields.heads import head_channels
 from genfield.forward import build_forward_map
@@ -36,6 +39,31 @@ class ProcessParts:
     likelihood: GaussianLikelihood | BernoulliLikelihood
     signal_channels: int  # channels of the signal (the field's head)
     obs_channels: int  # channels of one measurement of it (the kind's forward map)
+
+
+def validate_config(kind: str, config: ProcessConfig) -> None:
+    """Raise :class:`InputError` for an unknown kind or option value, or parts that do not combine."""
+    get_kind(kind)  # an unknown kind raises, listing the registered ones
+    checks = {
+        "encoder": (config.encoder, ("set", "transformer")),
+        "objective": (config.objective, ("elbo", "ml")),
+        "proposal": (config.proposal, ("posterior", "prior")),
+        "conditioning": (config.conditioning, tuple(CONDITIONERS)),
+        "likelihood": (config.likelihood, ("auto", "gaussian", "bernoulli")),
+        "tto_params": (config.tto_params, ("latent", "decoder")),
+        "tto_scale": (config.tto_scale, ("frozen", "nuisance", "adapted")),
+    }
+    for key, (value, valid) in checks.items():
+        if value not in valid:
+            raise unknown_name(f"process {key}", value, valid)
+    CONDITIONERS[config.conditioning].check(config)
+    subsample = config.context_subsample
+    if subsample is not None and not (len(subsample) == 2 and 1 <= subsample[0] <= subsample[1]):
+        raise InputError(f"process context_subsample must be (lo, hi), 1 <= lo <= hi: {subsample}")
+    if not (config.deterministic or config.latent_dim or config.attention):
+        raise InputError("process needs a deterministic path, a latent path or attention")
+    if config.max_tokens < 1 or config.train_samples < 1:
+        raise InputError("process max_tokens and train_samples must be >= 1")
 
 
 def measurement_channels(kind: str, signal_channels: int) -> int:
