@@ -23,7 +23,12 @@ from genfield.kinds import get_kind
 from genfield.processes.conditioners import CONDITIONERS, ModulationConditioner, WeightTokenConditioner
 from genfield.processes.config import ProcessConfig
 from genfield.processes.encoders import LatentEncoder, SetEncoder, TokenTransformer
-from genfield.processes.likelihoods import BernoulliLikelihood, GaussianLikelihood, build_likelihood
+from genfield.processes.likelihoods import (
+    LIKELIHOODS,
+    BernoulliLikelihood,
+    GaussianLikelihood,
+    build_likelihood,
+)
 from genfield.processes.tokenizers import build_tokenizer
 
 
@@ -49,7 +54,7 @@ def validate_config(kind: str, config: ProcessConfig) -> None:
         "objective": (config.objective, ("elbo", "ml")),
         "proposal": (config.proposal, ("posterior", "prior")),
         "conditioning": (config.conditioning, tuple(CONDITIONERS)),
-        "likelihood": (config.likelihood, ("auto", "gaussian", "bernoulli")),
+        "likelihood": (config.likelihood, ("auto", *LIKELIHOODS)),
         "tto_params": (config.tto_params, ("latent", "decoder")),
         "tto_scale": (config.tto_scale, ("frozen", "nuisance", "adapted")),
     }
