@@ -450,7 +450,7 @@ class NeuralProcess(Reconstructor):
         proposal = prior if use_prior else posterior
         # reparameterised draws; on a distributed shard, the global batch's noise (exact with N ranks)
         eps = randn_for_shard(
-            k, context.num_signals, proposal.mean.shape[1:], batch.extras.get("shard"),
+            k, context.num_signals, proposal.mean.shape[1:], batch.shard,
             dtype=proposal.mean.dtype, device=proposal.mean.device,
         )
         z = proposal.mean + proposal.stddev * eps  # (K, S, dz)
