@@ -33,6 +33,7 @@ from dataclasses import InitVar, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
+from einops import rearrange
 
 from genfield.errors import InputError
 
@@ -59,9 +60,16 @@ class ProjectionLayout:
         """Observations per unit: the detector bins of one projection."""
         return self.n_detectors
 
-    def unit_keys(self, queries: torch.Tensor) -> torch.Tensor:
-        """What every observation of one unit shares: its angle ``(S, N, 1)``."""
-        return queries[..., :1]
+    def mismatch(self, units: torch.Tensor) -> str | None:
+        """Why queries ``(S, A, D, 2)`` are not these projections (``None`` if they are): the bins of
+        a projection share its angle, and every projection has the same detector bins."""
+        angle, offset = units[..., 0], units[..., 1]
+        same_angle = close(angle, angle[..., :1])
+        if bool(same_angle & close(offset, offset[:, :1])):
+            return None
+        if not bool(same_angle):
+            return "the bins of one projection do not share its angle"
+        return "the projections do not share their detector bins"
 
 
 @dataclass(frozen=True)
@@ -89,21 +97,30 @@ class ViewLayout:
         """Observations per unit: the ``height * width`` rays of one view."""
         return self.height * self.width
 
-    def unit_keys(self, queries: torch.Tensor) -> torch.Tensor:
-        """What every ray of one view shares: its origin ``(S, N, 3)`` (pinhole cameras)."""
-        return queries[..., :3]
+    def mismatch(self, units: torch.Tensor) -> str | None:
+        """Why ray queries ``(S, V, H * W, 8)`` are not these views (``None`` if they are): the rays of
+        a view share its camera's origin (pinhole cameras)."""
+        origin = units[..., :3]
+        if bool(close(origin, origin[..., :1, :])):
+            return None
+        return "the rays of one view do not share its origin"
 
 
 #: The layouts of observations that come in whole units.
 Layout = ProjectionLayout | ViewLayout
 
 
+def close(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Whether ``a`` and ``b`` agree everywhere to 1e-6 (a 0-d bool tensor)."""
+    return ((a - b).abs() <= 1e-6).all()
+
+
 def check_layout(layout: Layout, queries: torch.Tensor) -> None:
     """Raise :class:`InputError` unless ``queries`` ``(S, N, q)`` are ``layout``'s whole units.
 
-    ``N`` must be ``num_units * unit_size``, and the observations of each unit must share their
-    :meth:`unit_keys` (to 1e-6): one angle per projection, one camera origin per view. Counts must be
-    positive integers.
+    Counts must be positive integers, ``N`` must be ``num_units * unit_size``, and the units must
+    look like the layout's (its ``mismatch``: one angle per projection and the same bins in each;
+    one camera origin per view). One host sync, where observations are built.
     """
     counts = {name: getattr(layout, name) for name in layout.__dataclass_fields__}
     bad = {k: v for k, v in counts.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1}
@@ -115,13 +132,11 @@ def check_layout(layout: Layout, queries: torch.Tensor) -> None:
             f"{layout} describes {layout.num_units * layout.unit_size} observations per signal, "
             f"the queries hold {n}"
         )
-    keys = layout.unit_keys(queries)
-    units = keys.reshape(keys.shape[0], layout.num_units, layout.unit_size, keys.shape[-1])
-    if units.numel() and not bool(((units - units[:, :, :1]).abs() <= 1e-6).all()):
-        raise InputError(
-            f"{layout} disagrees with the queries: the observations of one unit do not share "
-            f"their {'angle' if isinstance(layout, ProjectionLayout) else 'ray origin'}"
-        )
+    if queries.numel():
+        units = rearrange(queries, "s (u n) q -> s u n q", u=layout.num_units)
+        reason = layout.mismatch(units)
+        if reason is not None:
+            raise InputError(f"{layout} disagrees with the queries: {reason}")
 
 
 @dataclass
