@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.batch import Observations, ProjectionLayout, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
 from genfield.forward import PointMap
@@ -98,7 +98,9 @@ class CTKind(KindSpec):
                 )
             warn_if_pixel_sums(sinogram, path, options)
             n_det = sinogram.shape[1]
-            context = Observations(ct_queries(angles[None], n_det), rearrange(sinogram, "a d -> 1 (a d) 1"))
+            layout = ProjectionLayout(len(angles), n_det)
+            values = rearrange(sinogram, "a d -> 1 (a d) 1")
+            context = Observations(ct_queries(angles[None], n_det), values, layout)
         return SignalBatch(
             "ct",
             ParallelBeamProjection(n_samples=n_samples, support=split.support),

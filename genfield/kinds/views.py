@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.batch import Observations, SignalBatch, ViewLayout
 from genfield.errors import InputError
 from genfield.interface import Adapted, Prediction
 from genfield.kinds.base import (
@@ -129,7 +129,8 @@ class ViewsKind(KindSpec):
         else:
             targets = list(range(test.num_views))
         colours = rearrange(scene.images[views], "v h w c -> 1 (v h w) c")
-        context = Observations(scene_rays(scene, views, split.clip_to_cube), colours)
+        layout = ViewLayout(len(views), *scene.image_size)
+        context = Observations(scene_rays(scene, views, split.clip_to_cube), colours, layout)
         extras = {
             "image_size": test.image_size,
             "context_views": views,

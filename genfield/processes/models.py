@@ -231,7 +231,7 @@ class NeuralProcess(Reconstructor):
 
         prior, posterior = self.latent_prior(context), self.latent_posterior(context, target)
         objective, proposal = objectives.latent_objective(self.config.objective, self.config.proposal)
-        z = self.draw(prior if proposal == "prior" else posterior, shard=batch.extras.get("shard"))
+        z = self.draw(prior if proposal == "prior" else posterior, shard=batch.shard)
         cond = self.condition(context, z, warn=False, forward_map=fmap)
         log_prob, error = self.log_likelihood(cond, target, fmap, self.config.train_samples)
         loss = -objective(log_prob.sum(-1), z, prior, posterior).mean() / n
