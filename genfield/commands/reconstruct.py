@@ -136,6 +136,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float) and not k.endswith("_max")
     )
     print(f"{metrics['method']} ({metrics['kind']}) on {metrics['input']}: {scores}; outputs in {out}")
+    if metrics.get("verdict"):  # which of the method and the baselines was best, by how much
+        print(metrics["verdict"])
     return metrics
 
 

@@ -119,7 +119,4 @@ def write_baselines(
         Row(data, spec.name, n, r, setting, None, metric, v, math.nan, math.nan, math.nan) for n, r, v in rows
     ]
     (out / "results.md").write_text(results_markdown(rows, title="genfield reconstruct", costs=False))
-    sentence = verdict(rows)
-    if sentence:
-        print(sentence)
-    return {"baselines": scores, "verdict": sentence}
+    return {"baselines": scores, "verdict": verdict(rows)}
