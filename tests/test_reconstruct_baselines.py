@@ -257,3 +257,25 @@ def test_rbf_from_three_points_exits_2(shape_run, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "baselines=[rbf] cannot run on" in result.stderr and "at least 4 context points" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+# -- views -----------------------------------------------------------------------------------------
+def test_nearest_view_from_one_context_view_is_that_view_at_every_pose(tmp_path):
+    """With one context view, ``nearest-view`` writes that view for every rendered pose, scored
+    against each test view."""
+    from genfield.datasets.views import NerfSyntheticScene
+
+    data = tmp_path / "views_data"
+    views = ["data=views", "data.size=16", "data.n_signals=8", "data.n_views=4", "data.n_samples=8"]
+    extra = ["data.rays_per_signal=64", "data.batch_size=2", "data.eval_signals=1", f"data.cache_dir={data}"]
+    run = train_run(tmp_path / "run", ["method=cnp", *views, *extra])
+    scene = data / "scene_0003"
+    metrics = reconstruct(options(run, scene, "context_views=[1]"), tmp_path / "out")
+    context = NerfSyntheticScene(scene, "train").load().images[1].double().numpy()
+    test = NerfSyntheticScene(scene, "test").load().images.double().numpy()
+    scores = metrics["baselines"]["nearest-view"]
+    for k in metrics["rendered_views"]:
+        written = png(tmp_path / "out" / "baselines" / "nearest-view" / f"view_{k:03d}.png")
+        assert np.abs(written - context).max() <= 0.5 / 255 + 1e-6
+        assert scores["psnr_per_view"][k] == pytest.approx(psnr(context, test[k]), abs=1e-3)
+    assert "| views | nearest-view |" in (tmp_path / "out" / "results.md").read_text()
