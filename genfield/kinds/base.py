@@ -93,7 +93,8 @@ class KindSpec:
         tokenizer: the neural processes' default tokenizer (``processes/tokenizers.py``).
         process_defaults: per process name, the options a neural process takes on this kind unless
             its config says otherwise (precedence: preset < these < options < ``by_kind``).
-        baselines: zero-argument factories of the kind's classical :class:`Baseline` objects.
+        baselines: zero-argument factories of the kind's classical :class:`Baseline` objects
+            (selected by :func:`baseline_name` in ``genfield reconstruct baselines=[...]``).
         accepts: the ``genfield reconstruct`` input types it reads
             (:func:`~genfield.kinds.inputs.input_type`).
         describe: those inputs in words, for the error that refuses another type.
