@@ -111,16 +111,21 @@ def test_empty_list_writes_no_baseline(image_run, photo, tmp_path):
 
 def test_unknown_or_other_kind_names_exit_2_before_the_input_is_read(image_run, tmp_path):
     missing_input = tmp_path / "never_read.png"  # the baseline check comes first
-    for name, why in (("nope", "is not a baseline"), ("sart", "runs on other data kinds")):
-        result = run_cli(
-            f"run={image_run}", f"input={missing_input}", f"baselines=[{name}]", f"out={tmp_path / 'o'}"
-        )
-        assert result.returncode == 2, result.stderr
-        line = result.stderr.strip()
-        assert len(line.splitlines()) == 1, line
-        assert f"'{name}' {why}; valid for image runs: biharmonic, gaussian-prior, mean" in line
-    result = run_cli(f"run={image_run}", f"input={missing_input}", "baselines=biharmonic")
-    assert result.returncode == 2 and "baselines='biharmonic': expected a list" in result.stderr
+    result = run_cli(
+        f"run={image_run}", f"input={missing_input}", "baselines=[nope]", f"out={tmp_path / 'o'}"
+    )
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert "'nope' is not a baseline; valid for image runs: biharmonic, gaussian-prior, mean" in line
+    assert not (tmp_path / "o").exists()
+    valid = "valid for image runs: biharmonic, gaussian-prior, mean"
+    with pytest.raises(InputError, match=f"'sart' runs on other data kinds; {valid}"):
+        reconstruct(options(image_run, missing_input, "baselines=[sart]"), tmp_path / "o")
+    with pytest.raises(InputError, match="baselines='biharmonic': expected a list"):
+        reconstruct(options(image_run, missing_input, "baselines=biharmonic"), tmp_path / "o")
+    with pytest.raises(InputError, match=r"baselines=\['mean', 'mean'\]: expected a list of distinct"):
+        reconstruct(options(image_run, missing_input, "baselines=[mean,mean]"), tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 
