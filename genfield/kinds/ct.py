@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from genfield.kinds.base import (
 )
 from genfield.kinds.image import image_scores, pixel_queries, prediction_images
 from genfield.kinds.inputs import finite_or_refuse, on_cpu, read_image_file, save_std
+
+if TYPE_CHECKING:
+    from genfield.classical.base import Baseline
 
 
 class CTKind(KindSpec):
@@ -121,10 +124,7 @@ class CTKind(KindSpec):
 
         resolution, n_det = batch.extras["resolution"], batch.extras["n_detectors"]
         grid = grid_coords((resolution, resolution), device=run.device)[None]
-        prediction = on_cpu(adapted.predict(grid, PointMap()))
-        image = rearrange(prediction.mean, "1 (h w) 1 -> h w", h=resolution)
-        std = prediction.signal_std
-        std = None if std is None else rearrange(std, "1 (h w) 1 -> h w", h=resolution)
+        image, std = slice_and_std(on_cpu(adapted.predict(grid, PointMap())), resolution)
         sinogram, angles = as_sinogram(batch.context.values, n_det)[0, 0], batch.extras["context_angles"][0]
         baseline = fbp(sinogram, angles, output_size=resolution)
         top = float(sinogram.abs().max())
@@ -149,6 +149,25 @@ class CTKind(KindSpec):
             )
         ct_figure(out / "ct.png", sinogram, baseline, image, truth, std, angles, data_range=1.0)
         return metrics
+
+    def write_baseline(
+        self,
+        out: Path,
+        batch: SignalBatch,
+        baseline: Baseline,
+        prediction: Prediction,
+        options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """``reconstruction.png`` (and ``std.png`` where the baseline has a variance); PSNR and SSIM
+        where the slice is known."""
+        from genfield.viz.figures import save_image
+
+        image, std = slice_and_std(on_cpu(prediction), batch.extras["resolution"])
+        save_image(out / "reconstruction.png", image.clamp(0, 1))
+        save_std(out / "std.png", std)
+        if batch.ground_truth is None:
+            return {}
+        return {key: float(value[0]) for key, value in self.score(prediction.mean, batch).items()}
 
     def dense_queries(self, batch: SignalBatch) -> tuple[torch.Tensor, Any]:
         return pixel_queries(batch)
@@ -188,6 +207,13 @@ class CTKind(KindSpec):
                 )
                 written.append(path)
         return written
+
+
+def slice_and_std(prediction: Prediction, resolution: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first signal's slice ``(R, R)`` and its std (or None) from a prediction at every pixel."""
+    image = rearrange(prediction.mean, "1 (h w) 1 -> h w", h=resolution)
+    std = prediction.signal_std
+    return image, None if std is None else rearrange(std, "1 (h w) 1 -> h w", h=resolution)
 
 
 def _slices(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from einops import rearrange
@@ -28,6 +28,9 @@ from genfield.kinds.base import (
     three_way,
 )
 from genfield.kinds.inputs import on_cpu, progress, save_std
+
+if TYPE_CHECKING:
+    from genfield.classical.base import Baseline
 
 
 def load_scene(folder: Path, downscale: int = 1) -> tuple[Any, Any | None]:
@@ -136,6 +139,10 @@ class ViewsKind(KindSpec):
             "context_views": views,
             "rendered_views": targets,
             "clip_to_cube": split.clip_to_cube,
+            # the cameras and images a classical baseline reads (as ViewSplit's extras)
+            "context_images": scene.images[views][None],
+            "context_c2w": scene.c2w[views][None],
+            "target_c2w": test.c2w[targets][None],
         }
         metadata = [{"name": path.name, "scene": test}]
         return SignalBatch("views", split.renderer, context, context, metadata, extras=extras)
@@ -173,6 +180,26 @@ class ViewsKind(KindSpec):
             "rendered_views": targets,
             "image_size": [height, width],
         }
+
+    def write_baseline(
+        self,
+        out: Path,
+        batch: SignalBatch,
+        baseline: Baseline,
+        prediction: Prediction,
+        options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Each rendered view (``view_<k>.png``) of the baseline; PSNR per view and their mean."""
+        from genfield.metrics import psnr
+        from genfield.viz.figures import save_image
+
+        test, targets = batch.metadata[0]["scene"], batch.extras["rendered_views"]
+        height, width = batch.extras["image_size"]
+        views = rearrange(prediction.mean.detach().cpu(), "1 (v h w) c -> v h w c", h=height, w=width)
+        for k, view in zip(targets, views.clamp(0, 1), strict=True):
+            save_image(out / f"view_{k:03d}.png", view)
+        scores = psnr(views.clamp(0, 1), test.images[targets])
+        return {"psnr": float(scores.mean()), "psnr_per_view": [round(float(s), 4) for s in scores]}
 
     def score(self, mean: torch.Tensor, batch: SignalBatch) -> dict[str, torch.Tensor]:
         from genfield.metrics import psnr
