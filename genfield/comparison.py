@@ -228,15 +228,16 @@ def write_results(out_dir: Path, rows: Sequence[Row]) -> None:
             )
 
 
-def results_markdown(rows: Sequence[Row]) -> str:
-    """One Markdown table per data kind: a row per method, a column per setting."""
-    lines = ["# genfield comparison", ""]
+def results_markdown(rows: Sequence[Row], title: str = "genfield comparison", costs: bool = True) -> str:
+    """One Markdown table per data kind: a row per method, a column per setting; the time, memory and
+    training columns unless ``costs=False`` (``genfield reconstruct`` measures none of them)."""
+    lines = [f"# {title}", ""]
     for kind in dict.fromkeys(r.kind for r in rows):
         kind_rows = [r for r in rows if r.kind == kind]
         settings = list(dict.fromkeys(r.setting for r in kind_rows))
         metric = kind_rows[0].metric.upper()
         lines += [f"## {kind} ({metric}; higher is better)", ""]
-        header = ["data", "method", *settings, "s / signal", "peak MiB", "train s"]
+        header = ["data", "method", *settings, *(["s / signal", "peak MiB", "train s"] if costs else [])]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for data, method in dict.fromkeys((r.data, r.method) for r in kind_rows):
             mine = {r.setting: r for r in kind_rows if r.data == data and r.method == method}
@@ -244,27 +245,16 @@ def results_markdown(rows: Sequence[Row]) -> str:
             cells = [
                 f"{mine[s].value:.2f}" if s in mine and math.isfinite(mine[s].value) else "" for s in settings
             ]
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        data,
-                        method,
-                        *cells,
-                        f"{last.seconds_per_signal:.3f}",
-                        f"{last.peak_mib:.1f}",
-                        f"{last.train_seconds:.0f}",
-                    ]
-                )
-                + " |"
-            )
+            cost = [f"{last.seconds_per_signal:.3f}", f"{last.peak_mib:.1f}", f"{last.train_seconds:.0f}"]
+            lines.append("| " + " | ".join([data, method, *cells, *(cost if costs else [])]) + " |")
         lines.append("")
     lines += [verdict(rows), ""]
-    lines.append(
-        "Time and memory are those of the reconstruction at each method's largest budget (last "
-        "column of its row). Peak memory: torch.cuda.max_memory_allocated on CUDA; on the CPU, the "
-        "peak bytes autograd saved for backward (0 for a pure forward pass)."
-    )
+    if costs:
+        lines.append(
+            "Time and memory are those of the reconstruction at each method's largest budget (last "
+            "column of its row). Peak memory: torch.cuda.max_memory_allocated on CUDA; on the CPU, the "
+            "peak bytes autograd saved for backward (0 for a pure forward pass)."
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -27,9 +27,11 @@ every :class:`~genfield.interface.Reconstructor`, and DDP could not serve the me
 communication with the backward pass, which matters for large models, not for fields of a few
 hundred thousand parameters (one bucket per step here).
 
-Monte-Carlo noise (iBaML's reparameterisation, a latent NP's draws) comes from each rank's own
-generator; for a run on ``N`` processes to follow a one-process run exactly, a method's noise must be
-a function of the signal (e.g. keyed by its index), not of its position in the batch.
+Monte-Carlo noise (iBaML's reparameterisation, a latent NP's draws) follows a one-process run
+exactly: every rank draws the noise of the *whole* global meta-batch from its generator (the ranks'
+generators stay in step because they draw the same amounts) and keeps the rows of its own signals
+(:func:`randn_for_shard`, told where they sit by the batch's
+:attr:`~genfield.datasets.batch.SignalBatch.shard`, which the method passes down explicitly).
 """
 
 from __future__ import annotations
@@ -148,8 +150,8 @@ def randn_for_shard(
 ) -> torch.Tensor:
     """Standard normals ``(draws, num_signals, *shape)`` for the signals of one shard.
 
-    ``shard = (offset, total)`` (set by :func:`genfield.training.shard` in ``batch.extras``) says
-    where this rank's signals sit in the global meta-batch: the noise is drawn for all ``total``
+    ``shard = (offset, total)`` (:attr:`SignalBatch.shard`, set by :func:`genfield.training.shard`)
+    says where this rank's signals sit in the global meta-batch: the noise is drawn for all ``total``
     signals and this rank keeps its rows, so every signal gets the draw it would get in one process
     (the ranks' random states stay in step because every rank draws the same amount).
     """

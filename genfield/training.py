@@ -111,7 +111,7 @@ def shard(batch: SignalBatch, rank: int, world: int) -> SignalBatch:
     part = batch.select(slice(rank * per_rank, (rank + 1) * per_rank))
     # where this shard sits in the global batch: methods that draw per-signal Monte-Carlo noise draw
     # it for the whole batch and keep their share, so N ranks match one process exactly
-    return replace(part, extras={**part.extras, "shard": (rank * per_rank, batch.num_signals)})
+    return replace(part, shard=(rank * per_rank, batch.num_signals))
 
 
 def all_reduce_gradients(

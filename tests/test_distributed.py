@@ -5,12 +5,9 @@ faces meta-batch and all-reduce; the result must equal the gradient one process 
 combined batch (relative difference <= 1e-5) for MAML, iBaML and PONP. Then ``torchrun -m genfield
 train`` with 2 processes writes one checkpoint and resumes from it.
 
-Monte-Carlo noise: iBaML's ``draw_noise`` and PONP's ``rsample`` draw one ``(M, S, ...)`` tensor for
-the whole batch, so the noise a signal gets depends on its position in the batch (and on the
-batch size), not on the signal. That breaks the equivalence for any estimator, not just in
-distributed runs, so the tests give those two methods *per-signal* noise (a generator keyed by the
-signal's name) through small subclasses; the math under test (adaptation, implicit gradient, ELBO,
-all-reduce) is the methods' own.
+Monte-Carlo noise: iBaML's reparameterisation and PONP's latent draws are drawn for the whole global
+meta-batch on every rank and each rank keeps the rows of its signals (``randn_for_shard``, placed by
+the batch's typed ``shard``), so the stock methods match one process exactly.
 """
 
 from __future__ import annotations
@@ -144,6 +141,31 @@ def test_shard_is_contiguous_and_rejects_uneven_splits():
     assert shard(batch, 0, 1) is batch
     with pytest.raises(InputError, match="batch_size=4 does not split evenly over 3 ranks"):
         shard(batch, 0, 3)
+
+
+def test_ibaml_adapts_a_shard_with_the_rows_of_the_whole_batch_noise():
+    """The shard goes to the noise as an argument: a shard adapted with fresh draws at every inner step
+    gets the posterior that its signals get in the whole batch, and without it other noise."""
+    torch.set_num_threads(1)
+    learner, batch = build("ibaml"), meta_batch()
+    part = shard(batch, 1, 2)
+    assert part.shard == (2, SIGNALS)
+    torch.manual_seed(5)
+    noise = learner.draw_noise(SIGNALS)
+    torch.manual_seed(5)
+    ours = learner.draw_noise(2, shard=part.shard)
+    for key in noise:
+        assert torch.equal(ours[key], noise[key][:, 2:])
+    runs = {}
+    cases = {"whole": (batch, None), "part": (part, part.shard), "lost": (part, None)}
+    for name, (obs, placed) in cases.items():
+        torch.manual_seed(7)
+        runs[name] = learner.adapt_posterior(obs.context, obs.forward_map, None, 3, shard=placed)
+    for key in runs["whole"].mu:
+        torch.testing.assert_close(runs["part"].mu[key], runs["whole"].mu[key][2:])
+        torch.testing.assert_close(runs["part"].rho[key], runs["whole"].rho[key][2:])
+    assert any(not torch.allclose(runs["lost"].mu[k], runs["whole"].mu[k][2:]) for k in runs["whole"].mu)
+    assert not hasattr(learner, "_shard")  # nothing is left on the learner between calls
 
 
 def train_overrides(steps: int) -> list[str]:

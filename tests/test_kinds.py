@@ -20,7 +20,7 @@ from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.evaluation import evaluate
 from genfield.fields.coords import axis_coords
-from genfield.forward import PointMap
+from genfield.forward import FORWARD_MAPS, PointMap
 from genfield.interface import Prediction, Reconstructor
 from genfield.kinds import KINDS, KindSpec, get_kind, kind_names, register_kind, unregister_kind
 from genfield.kinds.base import make_bundle, option
@@ -137,6 +137,7 @@ def test_each_kind_builds_a_tiny_bundle_and_evaluate_scores_through_its_spec(nam
     spec = get_kind(bundle.kind)
     assert bundle.in_dim == spec.in_dim
     batch = bundle.eval_batch("test")
+    assert type(batch.forward_map) is FORWARD_MAPS[spec.forward_map]  # the map a process asks for channels
     queries, query_map = spec.dense_queries(batch)
     truth, predicted = _truth_and_prediction(batch)
     evaluation = evaluate(FixedPrediction(predicted), batch)

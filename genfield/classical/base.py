@@ -26,6 +26,8 @@ class Baseline(Protocol):
     """A classical method: ``fit`` on a training collection, ``reconstruct`` a batch."""
 
     name: str  # row label, e.g. "sart-5", "biharmonic", "gaussian-prior"
+    # (each shipped baseline also says whether ``fit`` needs a training collection:
+    # ``learns_from_collection``; ``genfield reconstruct`` builds one only for those that do)
 
     def fit(self, train: Any) -> Baseline: ...  # learn from the training collection (or no-op)
 
@@ -37,6 +39,17 @@ def require_kind(name: str, batch: SignalBatch, kinds: Iterable[str]) -> None:
     kinds = tuple(kinds)
     if batch.kind not in kinds:
         raise InputError(f"baseline {name!r} runs on data kind(s) {', '.join(kinds)}, not {batch.kind!r}")
+
+
+def image_shape(batch: SignalBatch) -> tuple[int, int, int]:
+    """``(H, W, C)`` of the images a pixel-grid batch reconstructs: its ground truth's, or for a batch
+    without one (a measured CT sinogram) the square slice of ``extras["resolution"]`` pixels."""
+    if batch.ground_truth is not None:
+        return tuple(batch.ground_truth.shape[1:])
+    resolution = batch.extras.get("resolution")
+    if resolution is None:
+        raise InputError("the batch has no ground truth nor extras['resolution']: the image size is unknown")
+    return int(resolution), int(resolution), 1
 
 
 def training_images(train: Any, name: str) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from skimage.transform import iradon_sart
 
-from genfield.classical.base import pixel_prediction, require_kind
+from genfield.classical.base import image_shape, pixel_prediction, require_kind
 from genfield.datasets.batch import SignalBatch
 from genfield.errors import InputError
 from genfield.forward.ct import as_sinogram, fbp, to_skimage
@@ -46,7 +46,7 @@ def context_sinograms(batch: SignalBatch) -> tuple[torch.Tensor, torch.Tensor]:
 def fbp_images(batch: SignalBatch, filter_name: str | None = "ramp") -> torch.Tensor:
     """Filtered back-projection ``(S, H, W)`` of each signal's context projections."""
     sinogram, angles = context_sinograms(batch)
-    return fbp(sinogram, angles, output_size=batch.ground_truth.shape[1], filter_name=filter_name)
+    return fbp(sinogram, angles, output_size=image_shape(batch)[0], filter_name=filter_name)
 
 
 def sart(sinogram: torch.Tensor, angles: torch.Tensor, resolution: int, iterations: int = 5) -> torch.Tensor:
@@ -71,6 +71,8 @@ def sart(sinogram: torch.Tensor, angles: torch.Tensor, resolution: int, iteratio
 class FBP:
     """Filtered back-projection of the context projections (``filter_name`` as in ``iradon``)."""
 
+    learns_from_collection = False
+
     def __init__(self, filter_name: str | None = "ramp") -> None:
         self.filter_name = filter_name
         self.name = "fbp" if filter_name == "ramp" else f"fbp-{filter_name}"
@@ -86,6 +88,8 @@ class FBP:
 
 class SART:
     """``iterations`` of ``skimage.transform.iradon_sart`` with ``clip=(0, inf)`` per signal."""
+
+    learns_from_collection = False
 
     def __init__(self, iterations: int = 5) -> None:
         if not isinstance(iterations, int) or iterations < 1:
@@ -108,7 +112,7 @@ class SART:
             raise InputError(
                 f"SART follows skimage's circle geometry: CT support must be 'disc', not {support!r}"
             )
-        resolution = batch.ground_truth.shape[1]
+        resolution = image_shape(batch)[0]
         images = torch.stack(
             [sart(sinogram[s], angles[s], resolution, self.iterations) for s in range(batch.num_signals)]
         )

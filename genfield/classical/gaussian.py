@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from einops import rearrange, repeat
 
-from genfield.classical.base import require_kind, training_images
+from genfield.classical.base import image_shape, require_kind, training_images
 from genfield.datasets.batch import SignalBatch
 from genfield.errors import InputError
 from genfield.forward.ct import image_field
@@ -108,9 +108,9 @@ def linear_operator(forward_map: Any, queries: torch.Tensor, size: tuple[int, in
 
 def ct_operator(batch: SignalBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Projection matrices ``A (S, N, d)`` (one per distinct geometry) and the context ``y (S, N)``."""
-    size = tuple(batch.ground_truth.shape[1:3])
-    if batch.ground_truth.shape[-1] != 1:
-        raise InputError(f"CT slices must have one channel, got {batch.ground_truth.shape[-1]}")
+    *size, channels = image_shape(batch)
+    if channels != 1:
+        raise InputError(f"CT slices must have one channel, got {channels}")
     cache: dict[bytes, torch.Tensor] = {}
     operators = []
     for queries in batch.context.queries.detach().cpu():
@@ -182,6 +182,7 @@ class GaussianPrior:
     """
 
     name = "gaussian-prior"
+    learns_from_collection = True
 
     def __init__(
         self,
@@ -233,10 +234,9 @@ class GaussianPrior:
             )
         if self.mean is None:
             raise InputError("baseline 'gaussian-prior' must be fitted on a training collection first")
-        if tuple(batch.ground_truth.shape[1:]) != self.shape:
+        if image_shape(batch) != self.shape:
             raise InputError(
-                f"gaussian-prior was fitted on images {self.shape}, the batch has "
-                f"{tuple(batch.ground_truth.shape[1:])}"
+                f"gaussian-prior was fitted on images {self.shape}, the batch has {image_shape(batch)}"
             )
         operator, values = self.observation_operator(batch)
         if self.noise is None:

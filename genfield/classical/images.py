@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from skimage.restoration import inpaint_biharmonic
 
-from genfield.classical.base import pixel_prediction, require_kind, training_images
+from genfield.classical.base import image_shape, pixel_prediction, require_kind, training_images
 from genfield.datasets.batch import SignalBatch
 from genfield.datasets.images import context_mask
 from genfield.errors import InputError
@@ -25,6 +25,7 @@ class Biharmonic:
     """``inpaint_biharmonic`` of each image from its context pixels (``channel_axis`` for RGB)."""
 
     name = "biharmonic"
+    learns_from_collection = False
 
     def fit(self, train: Any) -> Biharmonic:
         return self
@@ -59,6 +60,7 @@ class MeanSignal:
     """The mean of the training images (or CT slices), the same for every signal."""
 
     name = "mean"
+    learns_from_collection = True
 
     def __init__(self) -> None:
         self.mean: torch.Tensor | None = None
@@ -71,10 +73,10 @@ class MeanSignal:
         require_kind(self.name, batch, ("image", "ct"))
         if self.mean is None:
             raise InputError("baseline 'mean' must be fitted on a training collection first")
-        if self.mean.shape != batch.ground_truth.shape[1:]:
+        if tuple(self.mean.shape) != image_shape(batch):
             raise InputError(
                 f"baseline 'mean' was fitted on images {tuple(self.mean.shape)}, the batch has "
-                f"{tuple(batch.ground_truth.shape[1:])}"
+                f"{image_shape(batch)}"
             )
         images = self.mean.expand(batch.num_signals, *self.mean.shape)
         return pixel_prediction(images, batch.context.values)

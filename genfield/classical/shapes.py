@@ -15,6 +15,7 @@ at 0.5, SDF at 0).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,9 @@ from scipy.interpolate import NearestNDInterpolator, RBFInterpolator
 from scipy.spatial import cKDTree
 
 from genfield.classical.base import require_kind
-from genfield.datasets.batch import SignalBatch
+from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
-from genfield.interface import Prediction
+from genfield.interface import Adapted, Prediction
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
@@ -41,6 +42,7 @@ class RBF:
     """Thin-plate radial basis function interpolation of each shape's context values."""
 
     name = "rbf"
+    learns_from_collection = False
 
     def __init__(self, smoothing: float = 0.0) -> None:
         if smoothing < 0:
@@ -72,6 +74,7 @@ class Nearest:
     """The value of the nearest context point."""
 
     name = "nearest"
+    learns_from_collection = False
 
     def fit(self, train: Any) -> Nearest:
         return self
@@ -93,6 +96,7 @@ class MeanShape:
     """
 
     name = "mean-shape"
+    learns_from_collection = True
 
     def __init__(self, max_shapes: int | None = None) -> None:
         if max_shapes is not None and max_shapes < 1:
@@ -127,3 +131,21 @@ class MeanShape:
             _, nearest = shape[0].query(queries)
             total += shape[which][nearest, 0]
         return _prediction([total / len(self.shapes)], batch.target.values)
+
+
+class BaselineField(Adapted):
+    """A fitted shape baseline conditioned on ``batch``'s first signal, as a field over any points.
+
+    Each :meth:`predict` reconstructs that context at the given queries (the batch's targets
+    replaced by them), so a mesh of a classical interpolant is extracted by the same marching cubes
+    as a learned field's (:func:`genfield.kinds.shape.mesh_of_mean`).
+    """
+
+    def __init__(self, baseline: Any, batch: SignalBatch) -> None:
+        self.baseline, self.batch = baseline, batch.select(slice(0, 1))
+
+    def predict(self, queries: torch.Tensor, query_map: Any, *, variance: bool = True) -> Prediction:
+        points = queries.detach().cpu()
+        target = Observations(points, torch.zeros(*points.shape[:-1], 1, dtype=points.dtype))
+        mean = self.baseline.reconstruct(replace(self.batch, target=target)).mean
+        return Prediction(mean=mean.to(queries.device))

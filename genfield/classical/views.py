@@ -26,6 +26,7 @@ class NearestView:
     """The nearest context view (by camera position or direction) copied to each target view."""
 
     name = "nearest-view"
+    learns_from_collection = False
 
     def __init__(self, by: str = "position") -> None:
         if by not in NEAREST_BY:

@@ -9,7 +9,8 @@ projected at them; a mesh or a point cloud, ``n_context`` points of it; a scene 
 (:meth:`~genfield.interface.Reconstructor.condition_on`), and the kind writes its outputs from that
 state (:meth:`~genfield.kinds.base.KindSpec.write_outputs`): PNGs of the reconstruction and of the
 predictive standard deviation where the method has one, a figure, a mesh, and the scores where a
-ground truth is known, all in ``metrics.json``.
+ground truth is known, all in ``metrics.json``. The kind's classical baselines reconstruct the same
+context beside it (``baselines=[...]``, :mod:`genfield.commands.reconstruct_baselines`).
 
 Every option is checked before any file is read (:mod:`genfield.commands.reconstruct_options`).
 Outputs go to ``out`` (default: Hydra's run directory, else nothing is written there); a call that
@@ -29,8 +30,9 @@ import torch
 from omegaconf import DictConfig
 
 from genfield.checkpoint import stored_config
+from genfield.commands import reconstruct_options as options
 from genfield.commands.base import CONFIG_PATH, guard, run_dir
-from genfield.commands.reconstruct_options import OUT_EXISTED, check_options, option_defaults, prepare_argv
+from genfield.commands.reconstruct_baselines import prepare_baselines, write_baselines
 from genfield.datasets.angles import parse_angles
 from genfield.datasets.batch import SignalBatch
 from genfield.errors import InputError
@@ -71,12 +73,14 @@ def reconstruct(cfg: Mapping[str, Any], out_dir: str | Path, overrides: Sequence
     for key, what in (("run", "<run directory or checkpoint file>"), ("input", "<file or folder>")):
         if cfg.get(key) in (None, "???", ""):
             raise InputError(f"{key}={what} is required")
-    cfg = {**option_defaults(), **cfg}
-    check_options(cfg)
+    cfg = {**options.option_defaults(), **cfg}
+    options.check_options(cfg)
     out = Path(out_dir)
     check_output_folder(out, "out")
     checkpoint = find_checkpoint(cfg["run"])
-    check_overrides(stored_config(checkpoint), cfg, overrides, str(checkpoint))
+    stored = stored_config(checkpoint)
+    check_overrides(stored, cfg, overrides, str(checkpoint))
+    options.check_baselines(cfg["baselines"], stored["resolved"]["kind"])
     path = Path(str(cfg["input"])).expanduser()
     given = input_type(path, str(cfg.get("input_type") or "auto"))
     run = load_run(checkpoint, resolve_device(str(cfg.get("device") or "auto")))
@@ -92,6 +96,7 @@ def reconstruct(cfg: Mapping[str, Any], out_dir: str | Path, overrides: Sequence
     torch.manual_seed(int(cfg["seed"]))
     try:
         batch = spec.read_input(path, given, run, cfg)
+        baselines = prepare_baselines(run, spec, batch, cfg)  # before any file is written
         results = spec.write_outputs(out, batch, adapt(run, batch, cfg), run, cfg)
     except InputError:
         if not existed:
@@ -107,6 +112,7 @@ def reconstruct(cfg: Mapping[str, Any], out_dir: str | Path, overrides: Sequence
         "seed": int(cfg["seed"]),
         **results,
     }
+    metrics.update(write_baselines(out, baselines, spec, batch, run, cfg, metrics))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -121,7 +127,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics = reconstruct(plain(cfg), out, list(HydraConfig.get().overrides.task))
     except InputError:
         if cfg.get("out"):
-            if not OUT_EXISTED.get(str(out), False):
+            if not options.OUT_EXISTED.get(str(out), False):
                 discard_if_empty(out)
         else:  # no empty timestamped folder (nor empty outputs/reconstruct/) per failed call
             discard_if_empty(out, up_to=Path.cwd())
@@ -130,6 +136,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float) and not k.endswith("_max")
     )
     print(f"{metrics['method']} ({metrics['kind']}) on {metrics['input']}: {scores}; outputs in {out}")
+    if metrics.get("verdict"):  # which of the method and the baselines was best, by how much
+        print(metrics["verdict"])
     return metrics
 
 
@@ -140,5 +148,5 @@ def _hydra_app(cfg: DictConfig) -> None:
 
 def app() -> None:
     """``genfield reconstruct``: check the overrides, select the run's config groups, then Hydra."""
-    sys.argv = [sys.argv[0], *guard(lambda: prepare_argv(sys.argv[1:]))]
+    sys.argv = [sys.argv[0], *guard(lambda: options.prepare_argv(sys.argv[1:]))]
     _hydra_app()

@@ -2,7 +2,9 @@
 
 Every option is type- and range-checked (:data:`OPTION_RULES`) before any file is read: Hydra parses
 ``context_fraction=abc`` to the string ``'abc'`` and ``downscale=1.5`` to a float, and each is refused
-here with one line. Their defaults live once, in ``configs/reconstruct.yaml``.
+here with one line. Their defaults live once, in ``configs/reconstruct.yaml``. The names of
+``baselines=[...]`` depend on the run's data kind: :func:`check_baselines` checks them as soon as the
+run's stored config is read, before the input file is.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ def _is_path(value: Any) -> bool:
     return isinstance(value, str) and value != ""
 
 
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(map(_is_path, value)) and len(set(value)) == len(value)
+
+
 def _is_views(value: Any) -> bool:
     return isinstance(value, list | tuple) and len(value) > 0 and all(_is_int(i) and i >= 0 for i in value)
 
@@ -59,6 +65,7 @@ OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str, bool]] = {
     "mesh_resolution": (lambda v: _is_int(v) and 8 <= v <= 1024, "an integer in [8, 1024]", False),
     "context_views": (_is_views, "a non-empty list of view indices >= 0, e.g. [0,3]", True),
     "downscale": (lambda v: _is_int(v) and v >= 1, "an integer >= 1", False),
+    "baselines": (_is_names, "a list of distinct baseline names, e.g. [biharmonic,mean] ([]: none)", True),
 }
 
 
@@ -70,6 +77,22 @@ def check_options(cfg: Mapping[str, Any]) -> None:
             continue
         if not accepts(value):
             raise InputError(f"{key}={value!r}: expected {expected}{' (or null)' if nullable else ''}")
+
+
+def check_baselines(names: Sequence[str] | None, kind: str) -> None:
+    """Raise :class:`InputError` for a name in ``baselines`` that kind ``kind`` does not have, listing
+    the ones it has (``names=None``: the kind's defaults, nothing to check)."""
+    from genfield.classical import BASELINES
+    from genfield.commands.reconstruct_baselines import kind_baselines
+    from genfield.kinds import get_kind
+
+    valid = list(kind_baselines(get_kind(kind)))
+    for name in names or ():
+        if name not in valid:
+            why = "runs on other data kinds" if name in BASELINES else "is not a baseline"
+            raise InputError(
+                f"baselines: {name!r} {why}; valid for {kind} runs: {', '.join(valid) or 'none'} (or [])"
+            )
 
 
 def option_defaults() -> dict[str, Any]:

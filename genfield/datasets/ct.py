@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from genfield.datasets.angles import ANGLE_SCHEMES, draw_angles
-from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.batch import Observations, ProjectionLayout, SignalBatch
 from genfield.datasets.decoding import LUMINANCE
 from genfield.errors import InputError
 from genfield.fields.coords import axis_coords
@@ -263,12 +263,13 @@ def project_slices(
     slices: torch.Tensor, angles: torch.Tensor, n_detectors: int, n_samples: int, support: str = "disc"
 ) -> Observations:
     """Projections of slices ``(S, H, H, 1)`` at angles ``(S, A)``: angle-major queries ``(S, A * D, 2)``
-    and line integrals ``(S, A * D, 1)`` of the slices' bilinear interpolants (see :class:`CTSplit`)."""
+    and line integrals ``(S, A * D, 1)`` of the slices' bilinear interpolants (see :class:`CTSplit`),
+    with their :class:`~genfield.datasets.batch.ProjectionLayout`."""
     queries = ct_queries(angles, n_detectors)
     values = torch.cat(  # one signal at a time bounds the memory of the ray samples
         [project_image(slices[s : s + 1], queries[s : s + 1], n_samples, support) for s in range(len(slices))]
     )
-    return Observations(queries, values)
+    return Observations(queries, values, ProjectionLayout(angles.shape[-1], n_detectors))
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
-from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.batch import Observations, SignalBatch, ViewLayout
 from genfield.datasets.scenes import ViewSignal
 from genfield.errors import InputError
 from genfield.forward.volume import VolumeRenderer, ray_queries
@@ -22,8 +22,9 @@ class ViewSplit:
     observations are the rays of the context views (all pixels, view-major: view ``v``'s ``H * W``
     rays contiguous and row-major; or ``context_rays`` random rays of them, in that order); target
     observations are ``rays_per_signal`` random rays of the target views (all when ``None``). Values
-    are the pixel colours. The forward map is a :class:`~genfield.forward.volume.VolumeRenderer` built
-    from the renderer options below.
+    are the pixel colours. Observations that keep every ray of their views carry a
+    :class:`~genfield.datasets.batch.ViewLayout`; random subsets of rays carry none. The forward map
+    is a :class:`~genfield.forward.volume.VolumeRenderer` built from the renderer options below.
 
     Attributes:
         n_context_views, n_target_views: views per signal.
@@ -90,8 +91,16 @@ class ViewSplit:
         return SignalBatch(
             kind="views",
             forward_map=self.renderer,
-            context=Observations(stack["context_queries"], stack["context_values"]),
-            target=Observations(stack["target_queries"], stack["target_values"]),
+            context=Observations(
+                stack["context_queries"],
+                stack["context_values"],
+                whole_views(self.n_context_views, self.context_rays, size),
+            ),
+            target=Observations(
+                stack["target_queries"],
+                stack["target_values"],
+                whole_views(self.n_target_views, self.rays_per_signal, size),
+            ),
             metadata=metadata,
             ground_truth=stack["target_images"],
             extras=extras,
@@ -134,3 +143,9 @@ class ViewSplit:
             "focal": torch.tensor(signal.focal, dtype=torch.float32),
             "principal_point": torch.tensor([signal.cx, signal.cy], dtype=torch.float32),
         }
+
+
+def whole_views(n_views: int, rays: int | None, size: tuple[int, int]) -> ViewLayout | None:
+    """The layout of ``n_views`` views of ``size`` when ``rays`` (``None``: all) keeps every ray."""
+    height, width = size
+    return ViewLayout(n_views, height, width) if rays is None or rays >= n_views * height * width else None

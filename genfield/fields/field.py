@@ -159,6 +159,13 @@ class Field:
     def modulation_shape(self) -> tuple[int, int]:
         return self.module.network.modulation_shape
 
+    @property
+    def hidden_weight_names(self) -> tuple[str, ...]:
+        """Parameter names of the hidden layers' ``(out, in)`` weight matrices, first to last: what
+        a weight-token conditioner (TransINR) modulates per signal."""
+        names = {id(p): name for name, p in self.module.named_parameters()}
+        return tuple(names[id(layer.weight)] for layer in self.module.network.hidden_layers)
+
     def init(self, seed: int = 0, device: torch.device | str | None = None) -> Params:
         """Fresh parameters drawn with ``seed`` (independent of the global random state)."""
         with torch.random.fork_rng(devices=[]):

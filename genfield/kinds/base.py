@@ -73,7 +73,14 @@ def classical(name: str, **options: Any) -> Callable[[], Baseline]:
         return build_baseline(name, **options)
 
     build.__name__ = build.__qualname__ = f"classical_{name}"
+    build.baseline_name = name  # type: ignore[attr-defined]  # the name ``baselines=[...]`` selects
     return build
+
+
+def baseline_name(factory: Callable[[], Baseline]) -> str:
+    """The name a kind's baseline factory is selected by: its registry name (:func:`classical`), or
+    the label of the baseline it builds (a factory a user wrote)."""
+    return getattr(factory, "baseline_name", None) or factory().name
 
 
 class KindSpec:
@@ -84,9 +91,13 @@ class KindSpec:
         in_dim: the field's input dimension (2 for pixels and CT slices, 3 for shapes and scenes).
         metric: the headline metric of its comparison tables (a key of :meth:`score`).
         tokenizer: the neural processes' default tokenizer (``processes/tokenizers.py``).
+        forward_map: the registered forward map its observations go through
+            (:data:`genfield.forward.FORWARD_MAPS`): what a neural process asks for the number of
+            channels of one measurement.
         process_defaults: per process name, the options a neural process takes on this kind unless
             its config says otherwise (precedence: preset < these < options < ``by_kind``).
-        baselines: zero-argument factories of the kind's classical :class:`Baseline` objects.
+        baselines: zero-argument factories of the kind's classical :class:`Baseline` objects
+            (selected by :func:`baseline_name` in ``genfield reconstruct baselines=[...]``).
         accepts: the ``genfield reconstruct`` input types it reads
             (:func:`~genfield.kinds.inputs.input_type`).
         describe: those inputs in words, for the error that refuses another type.
@@ -96,6 +107,7 @@ class KindSpec:
     in_dim: int = 2
     metric: str = "psnr"
     tokenizer: str = "points"
+    forward_map: str = "point"
     process_defaults: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
     baselines: tuple[Callable[[], Baseline], ...] = ()
     accepts: tuple[str, ...] = ()
@@ -132,6 +144,20 @@ class KindSpec:
         """Predict from ``adapted`` (the method conditioned once on ``batch.context``), write the
         kind's files into ``out`` and return its metrics for ``metrics.json``."""
         raise NotImplementedError(f"kind {self.name!r} writes no reconstruct output")
+
+    def write_baseline(
+        self,
+        out: Path,
+        batch: SignalBatch,
+        baseline: Baseline,
+        prediction: Prediction,
+        options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Write a fitted classical ``baseline``'s reconstruction of a ``genfield reconstruct`` input
+        into the folder ``out``, in the files :meth:`write_outputs` writes for a method, and return
+        its scores where the ground truth is known. ``prediction`` is ``baseline.reconstruct(batch)``
+        (at :meth:`dense_queries`), made before anything was written."""
+        raise NotImplementedError(f"kind {self.name!r} writes no baseline output")
 
     def dense_queries(self, batch: SignalBatch) -> tuple[torch.Tensor, Any]:
         """The queries and forward map on which ``batch`` is evaluated (default: its targets)."""

@@ -6,7 +6,7 @@ evaluation contexts have ``eval_context_angles`` even angles. Evaluation queries
 slice (PSNR, SSIM); the figure is the CT panel (context sinogram | FBP | reconstruction | error |
 std); the classical baseline is filtered back-projection of the context projections. PONP on CT
 defaults to back-projection local features and varying training views, the two parts that let it
-beat FBP from 8 views (processes/models.py).
+beat FBP from 8 views (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from einops import rearrange
 
-from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.batch import Observations, ProjectionLayout, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.coords import grid_coords
 from genfield.forward import PointMap
@@ -39,12 +39,16 @@ from genfield.kinds.base import (
 from genfield.kinds.image import image_scores, pixel_queries, prediction_images
 from genfield.kinds.inputs import finite_or_refuse, on_cpu, read_image_file, save_std
 
+if TYPE_CHECKING:
+    from genfield.classical.base import Baseline
+
 
 class CTKind(KindSpec):
     name = "ct"
     in_dim = 2
     metric = "psnr"
     tokenizer = "projections"
+    forward_map = "ct"
     process_defaults = MappingProxyType({"ponp": {"local_features": True, "context_subsample": (1, 20)}})
     baselines = (classical("gaussian-prior"), classical("sart"), classical("fbp"), classical("mean"))
     accepts = ("image", "sinogram")
@@ -97,7 +101,9 @@ class CTKind(KindSpec):
                 )
             warn_if_pixel_sums(sinogram, path, options)
             n_det = sinogram.shape[1]
-            context = Observations(ct_queries(angles[None], n_det), rearrange(sinogram, "a d -> 1 (a d) 1"))
+            layout = ProjectionLayout(len(angles), n_det)
+            values = rearrange(sinogram, "a d -> 1 (a d) 1")
+            context = Observations(ct_queries(angles[None], n_det), values, layout)
         return SignalBatch(
             "ct",
             ParallelBeamProjection(n_samples=n_samples, support=split.support),
@@ -118,10 +124,7 @@ class CTKind(KindSpec):
 
         resolution, n_det = batch.extras["resolution"], batch.extras["n_detectors"]
         grid = grid_coords((resolution, resolution), device=run.device)[None]
-        prediction = on_cpu(adapted.predict(grid, PointMap()))
-        image = rearrange(prediction.mean, "1 (h w) 1 -> h w", h=resolution)
-        std = prediction.signal_std
-        std = None if std is None else rearrange(std, "1 (h w) 1 -> h w", h=resolution)
+        image, std = slice_and_std(on_cpu(adapted.predict(grid, PointMap())), resolution)
         sinogram, angles = as_sinogram(batch.context.values, n_det)[0, 0], batch.extras["context_angles"][0]
         baseline = fbp(sinogram, angles, output_size=resolution)
         top = float(sinogram.abs().max())
@@ -146,6 +149,25 @@ class CTKind(KindSpec):
             )
         ct_figure(out / "ct.png", sinogram, baseline, image, truth, std, angles, data_range=1.0)
         return metrics
+
+    def write_baseline(
+        self,
+        out: Path,
+        batch: SignalBatch,
+        baseline: Baseline,
+        prediction: Prediction,
+        options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """``reconstruction.png`` (and ``std.png`` where the baseline has a variance); PSNR and SSIM
+        where the slice is known."""
+        from genfield.viz.figures import save_image
+
+        image, std = slice_and_std(on_cpu(prediction), batch.extras["resolution"])
+        save_image(out / "reconstruction.png", image.clamp(0, 1))
+        save_std(out / "std.png", std)
+        if batch.ground_truth is None:
+            return {}
+        return {key: float(value[0]) for key, value in self.score(prediction.mean, batch).items()}
 
     def dense_queries(self, batch: SignalBatch) -> tuple[torch.Tensor, Any]:
         return pixel_queries(batch)
@@ -185,6 +207,13 @@ class CTKind(KindSpec):
                 )
                 written.append(path)
         return written
+
+
+def slice_and_std(prediction: Prediction, resolution: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first signal's slice ``(R, R)`` and its std (or None) from a prediction at every pixel."""
+    image = rearrange(prediction.mean, "1 (h w) 1 -> h w", h=resolution)
+    std = prediction.signal_std
+    return image, None if std is None else rearrange(std, "1 (h w) 1 -> h w", h=resolution)
 
 
 def _slices(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:

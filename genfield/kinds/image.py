@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from genfield.kinds.base import (
     three_way,
 )
 from genfield.kinds.inputs import on_cpu, read_image_file, save_std, seeded
+
+if TYPE_CHECKING:
+    from genfield.classical.base import Baseline
 
 
 def image_size(cfg: Mapping[str, Any]) -> int:
@@ -66,6 +69,16 @@ def prediction_images(prediction: Prediction, like: torch.Tensor, std: bool = Fa
         return None
     images = as_images(values.detach().cpu(), like)
     return images if std else images.clamp(0, 1)
+
+
+def save_pixels(out: Path, prediction: Prediction, truth: torch.Tensor) -> float | None:
+    """``reconstruction.png`` and ``std.png`` (where ``prediction`` has a std) of the first signal;
+    the std's maximum (the scale of ``std.png``), or None."""
+    from genfield.viz.figures import save_image
+
+    save_image(out / "reconstruction.png", prediction_images(prediction, truth)[0])
+    std = prediction_images(prediction, truth, std=True)
+    return save_std(out / "std.png", None if std is None else std[0])
 
 
 def mask_index(mask_path: Path, image_path: Path, size: int) -> torch.Tensor:
@@ -148,14 +161,10 @@ class ImageKind(KindSpec):
         self, out: Path, batch: SignalBatch, adapted: Adapted, run: Any, options: Mapping[str, Any]
     ) -> dict[str, Any]:
         """``reconstruction.png``, ``std.png`` (where the method has one), the image grid; PSNR, SSIM."""
-        from genfield.viz.figures import save_image
-
         queries, query_map = self.dense_queries(batch)
         prediction = on_cpu(adapted.predict(queries.to(run.device), query_map))
         truth = batch.ground_truth
-        save_image(out / "reconstruction.png", prediction_images(prediction, truth)[0])
-        std = prediction_images(prediction, truth, std=True)
-        std_max = save_std(out / "std.png", None if std is None else std[0])
+        std_max = save_pixels(out, prediction, truth)
         scores = self.score(prediction.mean, batch)
         figures = self.write_figures(out, batch, {run.name: prediction})
         return {
@@ -166,6 +175,18 @@ class ImageKind(KindSpec):
             "std_max": std_max,
             "figure": [str(f) for f in figures],
         }
+
+    def write_baseline(
+        self,
+        out: Path,
+        batch: SignalBatch,
+        baseline: Baseline,
+        prediction: Prediction,
+        options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """``reconstruction.png`` (and ``std.png`` where the baseline has a variance); PSNR, SSIM."""
+        save_pixels(out, prediction, batch.ground_truth)
+        return {key: float(value[0]) for key, value in self.score(prediction.mean, batch).items()}
 
     def dense_queries(self, batch: SignalBatch) -> tuple[torch.Tensor, PointMap]:
         return pixel_queries(batch)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from genfield.kinds.base import (
     three_way,
 )
 from genfield.kinds.inputs import progress, seeded
+
+if TYPE_CHECKING:
+    from genfield.classical.base import Baseline
 
 
 def reconstructed_field(method: Any, batch: SignalBatch) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -122,6 +125,28 @@ def mesh_of_mean(adapted: Adapted, device: torch.device, target: str, out: Path,
     return mesh
 
 
+def mesh_metrics(
+    adapted: Adapted, device: torch.device, batch: SignalBatch, out: Path, options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """:func:`mesh_of_mean` written into ``out``; the Chamfer distance of its mesh to a mesh input, or
+    to the input points, and the mesh's file name (None where the level set is not crossed)."""
+    from genfield.metrics import chamfer_distance, chamfer_points
+
+    truth, seed = batch.metadata[0].get("mesh"), int(options["seed"])
+    mesh = mesh_of_mean(adapted, device, batch.extras["target"], out, options)
+    metrics: dict[str, Any] = {}
+    if mesh is not None and truth is not None:
+        metrics["chamfer"] = chamfer_distance(mesh, truth, n_points=4096, seed=seed)
+    elif mesh is not None:
+        import trimesh
+
+        samples, _ = trimesh.sample.sample_surface(mesh, 4096, seed=seed)
+        reference = torch.as_tensor(batch.extras["input_points"], dtype=torch.float64)[:20_000]
+        metrics["chamfer_to_input_points"] = float(chamfer_points(torch.as_tensor(samples), reference))
+    metrics["mesh"] = None if mesh is None else "mesh.ply"
+    return metrics
+
+
 class ShapeKind(KindSpec):
     name = "shape"
     in_dim = 3
@@ -188,7 +213,7 @@ class ShapeKind(KindSpec):
     ) -> dict[str, Any]:
         """``mesh.ply`` and ``mesh.png`` of the predictive mean; IoU on the labelled targets and the
         Chamfer distance to a mesh input, or to the input points."""
-        from genfield.metrics import chamfer_distance, chamfer_points, iou
+        from genfield.metrics import iou
 
         target, truth = batch.extras["target"], batch.metadata[0].get("mesh")
         metrics: dict[str, Any] = {"context": batch.extras["context"], "target": target}
@@ -197,18 +222,25 @@ class ShapeKind(KindSpec):
             mean = adapted.predict(batch.target.queries.to(run.device), batch.forward_map).mean.cpu()
             truth_inside = inside_by_value(batch.target.values, target)
             metrics["iou"] = float(iou(inside_by_value(mean, target), truth_inside)[0])
-        mesh = mesh_of_mean(adapted, run.device, target, out, options)
-        seed = int(options["seed"])
-        if mesh is not None and truth is not None:
-            metrics["chamfer"] = chamfer_distance(mesh, truth, n_points=4096, seed=seed)
-        elif mesh is not None:
-            import trimesh
+        return {**metrics, **mesh_metrics(adapted, run.device, batch, out, options)}
 
-            samples, _ = trimesh.sample.sample_surface(mesh, 4096, seed=seed)
-            reference = torch.as_tensor(batch.extras["input_points"], dtype=torch.float64)[:20_000]
-            metrics["chamfer_to_input_points"] = float(chamfer_points(torch.as_tensor(samples), reference))
-        metrics["mesh"] = None if mesh is None else "mesh.ply"
-        return metrics
+    def write_baseline(
+        self,
+        out: Path,
+        batch: SignalBatch,
+        baseline: Baseline,
+        prediction: Prediction,
+        options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """``mesh.ply`` and ``mesh.png`` of the baseline's field over the domain
+        (:class:`~genfield.classical.shapes.BaselineField`); IoU where the mesh is known, Chamfer."""
+        from genfield.classical.shapes import BaselineField
+
+        metrics = {}
+        if batch.metadata[0].get("mesh") is not None:
+            metrics["iou"] = float(self.score(prediction.mean, batch)["iou"][0])
+        field = BaselineField(baseline, batch)
+        return {**metrics, **mesh_metrics(field, torch.device("cpu"), batch, out, options)}
 
     def score(self, mean: torch.Tensor, batch: SignalBatch) -> dict[str, torch.Tensor]:
         from genfield.metrics import iou

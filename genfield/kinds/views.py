@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from einops import rearrange
 
-from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.batch import Observations, SignalBatch, ViewLayout
 from genfield.errors import InputError
 from genfield.interface import Adapted, Prediction
 from genfield.kinds.base import (
@@ -28,6 +28,9 @@ from genfield.kinds.base import (
     three_way,
 )
 from genfield.kinds.inputs import on_cpu, progress, save_std
+
+if TYPE_CHECKING:
+    from genfield.classical.base import Baseline
 
 
 def load_scene(folder: Path, downscale: int = 1) -> tuple[Any, Any | None]:
@@ -65,6 +68,7 @@ class ViewsKind(KindSpec):
     in_dim = 3
     metric = "psnr"
     tokenizer = "patches"
+    forward_map = "volume"
     baselines = (classical("nearest-view"),)
     accepts = ("views",)
     describe = "a NeRF-synthetic scene folder (transforms*.json + images)"
@@ -128,12 +132,17 @@ class ViewsKind(KindSpec):
         else:
             targets = list(range(test.num_views))
         colours = rearrange(scene.images[views], "v h w c -> 1 (v h w) c")
-        context = Observations(scene_rays(scene, views, split.clip_to_cube), colours)
+        layout = ViewLayout(len(views), *scene.image_size)
+        context = Observations(scene_rays(scene, views, split.clip_to_cube), colours, layout)
         extras = {
             "image_size": test.image_size,
             "context_views": views,
             "rendered_views": targets,
             "clip_to_cube": split.clip_to_cube,
+            # the cameras and images a classical baseline reads (as ViewSplit's extras)
+            "context_images": scene.images[views][None],
+            "context_c2w": scene.c2w[views][None],
+            "target_c2w": test.c2w[targets][None],
         }
         metadata = [{"name": path.name, "scene": test}]
         return SignalBatch("views", split.renderer, context, context, metadata, extras=extras)
@@ -171,6 +180,26 @@ class ViewsKind(KindSpec):
             "rendered_views": targets,
             "image_size": [height, width],
         }
+
+    def write_baseline(
+        self,
+        out: Path,
+        batch: SignalBatch,
+        baseline: Baseline,
+        prediction: Prediction,
+        options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Each rendered view (``view_<k>.png``) of the baseline; PSNR per view and their mean."""
+        from genfield.metrics import psnr
+        from genfield.viz.figures import save_image
+
+        test, targets = batch.metadata[0]["scene"], batch.extras["rendered_views"]
+        height, width = batch.extras["image_size"]
+        views = rearrange(prediction.mean.detach().cpu(), "1 (v h w) c -> v h w c", h=height, w=width)
+        for k, view in zip(targets, views.clamp(0, 1), strict=True):
+            save_image(out / f"view_{k:03d}.png", view)
+        scores = psnr(views.clamp(0, 1), test.images[targets])
+        return {"psnr": float(scores.mean()), "psnr_per_view": [round(float(s), 4) for s in scores]}
 
     def score(self, mean: torch.Tensor, batch: SignalBatch) -> dict[str, torch.Tensor]:
         from genfield.metrics import psnr

@@ -230,13 +230,16 @@ class IBaML(MetaLearner):
     def obs_noise(self) -> torch.Tensor:
         return self.log_sigma.exp()
 
-    def draw_noise(self, num_signals: int, num_samples: int | None = None) -> Tree:
+    def draw_noise(
+        self, num_signals: int, num_samples: int | None = None, shard: tuple[int, int] | None = None
+    ) -> Tree:
         """Standard normal noise ``{name: (M, S, ...)}`` for the reparameterisation.
 
         With ``antithetic`` and an even ``M``, the draws come in pairs ``(eps, -eps)``: the
         residual term ``eps . grad NLL(mu)`` of the log-variance gradient, which is zero in
         expectation but ~10x the curvature signal ``e^{rho} h`` for an unfitted field, cancels
-        exactly, and so does the first-order noise of the mean's gradient."""
+        exactly, and so does the first-order noise of the mean's gradient. ``shard``: the signals'
+        ``(offset, total)`` in a distributed meta-batch (:attr:`SignalBatch.shard`)."""
         m, _ = self.prior()
         num_samples = self.mc_samples if num_samples is None else num_samples
         generator = None
@@ -247,7 +250,6 @@ class IBaML(MetaLearner):
         draws = num_samples // 2 if pairs else num_samples
         # On a shard of a distributed meta-batch, draw for the whole batch and keep this rank's
         # signals: each signal gets the noise it would get in one process (exact equivalence).
-        shard = getattr(self, "_shard", None)
         noise = {
             k: randn_for_shard(draws, num_signals, tuple(p.shape), shard, generator, p.dtype, p.device)
             for k, p in m.items()
@@ -387,6 +389,7 @@ class IBaML(MetaLearner):
         steps: int,
         init: Posterior | None = None,
         create_graph: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> Posterior:
         """``v_K``: K inner steps on ``F`` from the prior (or from ``init``).
 
@@ -395,6 +398,7 @@ class IBaML(MetaLearner):
         descent on the exact expectation ``E_q[NLL]`` that cannot overfit one set of draws.
         ``create_graph=True`` keeps the trajectory differentiable in the prior: the *explicit*
         (backprop-through-K) Bayesian meta-gradient, for comparison with the implicit one.
+        ``shard`` places fresh draws in a distributed meta-batch (:meth:`draw_noise`).
         """
         S = context.num_signals
         if init is None:
@@ -402,14 +406,14 @@ class IBaML(MetaLearner):
             init = prior.posterior(S)
         mean_rates = self._mean_rates(create_graph)
         if noise is None and self.noise_seed is not None:  # every seeded draw is this one: draw it once
-            noise = self.draw_noise(S)
+            noise = self.draw_noise(S, shard=shard)
 
         def objective(v: Posterior) -> torch.Tensor:
-            eps = self.draw_noise(S) if noise is None else noise
+            eps = self.draw_noise(S, shard=shard) if noise is None else noise
             return self.free_energy(v, eps, context, forward_map, not create_graph).sum()
 
         def gradient(v: Posterior) -> Posterior:
-            eps = self.draw_noise(S) if noise is None else noise
+            eps = self.draw_noise(S, shard=shard) if noise is None else noise
             return self.free_energy_gradient(v, eps, context, forward_map)
 
         if self.logvar_step == "optimizer":
@@ -547,15 +551,11 @@ class IBaML(MetaLearner):
         return linear_operator(v, tree_unflatten(grad_nll, v), curvature, diagonal), diagonal
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
-        self._shard = batch.extras.get("shard")  # (offset, global size) under torch.distributed
-        try:
-            noise = self.draw_noise(batch.num_signals)
-            v = self.adapt_posterior(
-                batch.context, batch.forward_map, self._inner_noise(noise), self.inner_steps
-            )
-            return self.implicit_gradient(v, noise, batch)
-        finally:
-            self._shard = None
+        noise = self.draw_noise(batch.num_signals, shard=batch.shard)  # shard: under torch.distributed
+        v = self.adapt_posterior(
+            batch.context, batch.forward_map, self._inner_noise(noise), self.inner_steps, shard=batch.shard
+        )
+        return self.implicit_gradient(v, noise, batch)
 
     def outer_loss(self, batch: SignalBatch) -> torch.Tensor:
         noise = self.draw_noise(batch.num_signals)

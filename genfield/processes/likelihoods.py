@@ -18,6 +18,9 @@ the map observes the signal channels and carries the scale channels through the 
 
 ``s0`` (``min_std``) is a floor in observation space that keeps the likelihood finite where a ray
 sees little of the field. Occupancy uses a Bernoulli likelihood on the logit instead (no scale).
+
+:class:`GaussianLikelihood` and :class:`BernoulliLikelihood` are the neural process's likelihood
+part: the decoder channels they add, observing, scoring and the predictive moments over draws.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genfield.errors import unknown_name
 from genfield.forward.base import FieldFn, ForwardMap
+from genfield.interface import Prediction
 from genfield.meta.likelihood import gaussian_nll_terms
 
 
@@ -57,3 +62,83 @@ def gaussian_log_prob(mean: torch.Tensor, std: torch.Tensor, y: torch.Tensor) ->
 def bernoulli_log_prob(logit: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``log Bernoulli(y | sigmoid(logit))`` summed over channels (``y`` may be soft, in [0, 1])."""
     return -F.binary_cross_entropy_with_logits(logit, y.expand_as(logit), reduction="none").sum(-1)
+
+
+class GaussianLikelihood:
+    """``y ~ N(A mu, (s0 + A sigma)^2)``: the decoder adds ``c_obs`` scale channels ``sigma = softplus``."""
+
+    name = "gaussian"
+    has_scale = True
+
+    def __init__(self, obs_channels: int, min_std: float) -> None:
+        self.obs_channels, self.min_std = obs_channels, min_std
+        self.scale_channels = obs_channels
+
+    def join(self, signal: torch.Tensor, raw_scale: torch.Tensor) -> torch.Tensor:
+        """Per-point decoder outputs: the signal channels then the scale field ``softplus >= 0``."""
+        return torch.cat([signal, F.softplus(raw_scale)], dim=-1)
+
+    def observe(
+        self, forward_map: ForwardMap, field_fn: FieldFn, queries: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Observation means and stds ``s0 + A sigma`` (:func:`observe`)."""
+        mean, std = observe(forward_map, field_fn, queries, self.obs_channels, True)
+        return mean, std + self.min_std
+
+    def log_prob(self, mean: torch.Tensor, std: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        return gaussian_log_prob(mean, std, y)
+
+    def squared_error(self, mean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The squared error of the predicted observation, channel mean: ``(..., N)``."""
+        return (mean - y).square().mean(-1)
+
+    def moments(self, means: torch.Tensor, stds: torch.Tensor | None) -> Prediction:
+        """Over ``K`` draws ``(K, S, M, c)``: the mean, and ``Var_k[mu_k] + E_k[sigma_k^2]``."""
+        variance = means.var(0, unbiased=False) + stds.square().mean(0)
+        return Prediction(means.mean(0), variance, means)
+
+
+class BernoulliLikelihood:
+    """``y ~ Bernoulli(sigmoid(A f))`` for occupancy: the decoded signal is a logit, no scale."""
+
+    name = "bernoulli"
+    has_scale = False
+    scale_channels = 0
+
+    def __init__(self, obs_channels: int, min_std: float) -> None:
+        self.obs_channels = obs_channels
+
+    def join(self, signal: torch.Tensor, raw_scale: torch.Tensor) -> torch.Tensor:
+        return signal
+
+    def observe(
+        self, forward_map: ForwardMap, field_fn: FieldFn, queries: torch.Tensor
+    ) -> tuple[torch.Tensor, None]:
+        return forward_map(field_fn, queries), None
+
+    def log_prob(self, mean: torch.Tensor, std: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+        return bernoulli_log_prob(mean, y)
+
+    def squared_error(self, mean: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The squared error of the predicted probability, channel mean: ``(..., N)``."""
+        return (torch.sigmoid(mean) - y).square().mean(-1)
+
+    def moments(self, means: torch.Tensor, stds: torch.Tensor | None) -> Prediction:
+        """Over ``K`` draws of logits: the mean probability ``p`` and the variance ``p (1 - p)``."""
+        p = torch.sigmoid(means)
+        avg = p.mean(0)
+        return Prediction(avg, avg * (1 - avg), p)
+
+
+LIKELIHOODS = {"gaussian": GaussianLikelihood, "bernoulli": BernoulliLikelihood}
+
+
+def build_likelihood(
+    name: str, head: str, obs_channels: int, min_std: float
+) -> GaussianLikelihood | BernoulliLikelihood:
+    """The likelihood ``name``; ``"auto"`` is Bernoulli for an occupancy head, Gaussian otherwise."""
+    if name == "auto":
+        name = "bernoulli" if head == "occupancy" else "gaussian"
+    if name not in LIKELIHOODS:
+        raise unknown_name("process likelihood", name, ["auto", *LIKELIHOODS])
+    return LIKELIHOODS[name](obs_channels, min_std)

@@ -46,7 +46,7 @@ from genfield.forward.base import ForwardMap
 from genfield.forward.ct import filter_sinogram
 from genfield.forward.grid import grid_field
 from genfield.processes.encoders import MLP
-from genfield.processes.tokenizers import angle_features, count_leading_equal
+from genfield.processes.tokenizers import angle_features, detector_count
 from genfield.processes.unet import UNet
 
 
@@ -101,7 +101,7 @@ class BackProjectionFeatures(nn.Module):
                 f"local features go through the adjoint of the forward map; the {forward_map.name} "
                 f"forward map is not linear"
             )
-        d = self.n_detectors or count_leading_equal(context.queries[0, :, 0])
+        d = detector_count(context, self.n_detectors)  # the layout's; inferred without one
         if context.num_observations % d:
             raise InputError(
                 f"CT context has {context.num_observations} observations, not a whole number of "

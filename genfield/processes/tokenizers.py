@@ -14,8 +14,13 @@ observed:
   colours and their rays' origins and directions, as TransINR does for novel-view synthesis.
 
 Every tokenizer has a fixed ``feature_dim`` known at construction (no lazy layers), and a
-``__call__(observations) -> tokens``. The query layouts they rely on are those of the datasets:
-CT queries are angle-major ``(angle, offset)`` pairs, view rays are view-major and row-major.
+``__call__(observations) -> tokens``. The units (projections, views) come from the observations'
+typed layout (:mod:`genfield.datasets.batch`: :class:`~genfield.datasets.batch.ProjectionLayout`,
+angle-major ``(angle, offset)`` pairs; :class:`~genfield.datasets.batch.ViewLayout`, view-major and
+row-major rays), which the splits and ``reconstruct``'s readers set. Observations built without one
+(by hand, or rebuilt from a subset of rows) fall back to inferring the units from the query values
+(:func:`detector_count`, :func:`view_size`), which is wrong when, say, two neighbouring projections
+share an angle.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from genfield.datasets.batch import Observations
+from genfield.datasets.batch import Observations, ProjectionLayout, ViewLayout
 from genfield.errors import InputError, unknown_name
 from genfield.kinds import KINDS, get_kind
 
@@ -78,12 +83,49 @@ def count_leading_equal(values: torch.Tensor) -> int:
     return int(equal.cumprod(0).sum())
 
 
+def detector_count(obs: Observations, configured: int | None = None) -> int:
+    """Bins per projection of CT observations: their layout's, else ``configured``, else inferred.
+
+    Inference (the length of the first run of equal angles; one host sync) serves observations built
+    without a layout; a ``configured`` count that disagrees with the layout is refused.
+    """
+    layout = obs.layout
+    if layout is None:
+        return configured or count_leading_equal(obs.queries[0, :, 0])
+    if not isinstance(layout, ProjectionLayout):
+        raise InputError(f"CT observations must be whole projections (a ProjectionLayout), got {layout}")
+    if configured is not None and configured != layout.n_detectors:
+        raise InputError(f"n_detectors={configured} disagrees with the observations' {layout}")
+    return layout.n_detectors
+
+
+def view_size(obs: Observations, configured: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``(height, width)`` of the views of ray observations: their layout's, else ``configured``,
+    else inferred (the first run of rays sharing the first ray's origin, taken as a square view)."""
+    layout = obs.layout
+    if layout is None:
+        if configured is not None:
+            return tuple(configured)
+        origin = obs.queries[0, :, :3]
+        same = (origin - origin[0]).abs().amax(dim=-1) < 1e-6
+        pixels = int(same.to(torch.int64).cumprod(0).sum())
+        side = math.isqrt(pixels)
+        if side * side != pixels:
+            raise InputError(f"views context: {pixels} rays per view is not a square image; pass image_size")
+        return side, side
+    if not isinstance(layout, ViewLayout):
+        raise InputError(f"ray observations must be whole views (a ViewLayout), got {layout}")
+    if configured is not None and tuple(configured) != layout.image_size:
+        raise InputError(f"image_size={tuple(configured)} disagrees with the observations' {layout}")
+    return layout.image_size
+
+
 class ProjectionTokenizer:
     """CT: one token per projection angle = ``[angle features, detector profile]``.
 
     Queries are ``(angle, detector offset)`` pairs in angle-major order (the ``D`` bins of a
-    projection contiguous), so the context reshapes to ``(S, A, D)``. ``n_detectors`` may be given;
-    otherwise it is read off the queries as the length of the first run of equal angles.
+    projection contiguous), so the context reshapes to ``(S, A, D)``. ``D`` is the observations'
+    layout's; ``n_detectors`` serves observations without one (see :func:`detector_count`).
     """
 
     def __init__(
@@ -99,7 +141,7 @@ class ProjectionTokenizer:
 
     def unit_size(self, obs: Observations) -> int:
         """Observations per unit of context: the ``D`` bins of one projection."""
-        return self.n_detectors or count_leading_equal(obs.queries[0, :, 0])
+        return detector_count(obs, self.n_detectors)
 
     def __call__(self, obs: Observations) -> torch.Tensor:
         n_obs = obs.num_observations
@@ -121,32 +163,21 @@ class PatchTokenizer:
     """Views: one token per ``p x p`` patch = its pixels' ``[origin, direction, rgb]`` (TransINR).
 
     Context rays are view-major and row-major (``(S, V*H*W, 8)`` = origin, direction, near, far).
-    ``image_size`` may be given; otherwise the pixels per view are counted as the first run of rays
-    sharing the first ray's origin and the views are taken to be square.
+    The view size is the observations' layout's; ``image_size`` serves observations without one
+    (see :func:`view_size`).
     """
 
     def __init__(self, patch_size: int = 4, image_size: tuple[int, int] | None = None) -> None:
         self.patch_size, self.image_size = patch_size, image_size
         self.feature_dim = patch_size * patch_size * 9
 
-    def _image_size(self, obs: Observations) -> tuple[int, int]:
-        if self.image_size is not None:
-            return tuple(self.image_size)
-        origin = obs.queries[0, :, :3]
-        same = (origin - origin[0]).abs().amax(dim=-1) < 1e-6
-        pixels = int(same.to(torch.int64).cumprod(0).sum())
-        side = math.isqrt(pixels)
-        if side * side != pixels:
-            raise InputError(f"views context: {pixels} rays per view is not a square image; pass image_size")
-        return side, side
-
     def unit_size(self, obs: Observations) -> int:
         """Observations per unit of context: the ``H * W`` rays of one whole view."""
-        h, w = self._image_size(obs)
+        h, w = view_size(obs, self.image_size)
         return h * w
 
     def __call__(self, obs: Observations) -> torch.Tensor:
-        h, w = self._image_size(obs)
+        h, w = view_size(obs, self.image_size)
         p = self.patch_size
         n_obs = obs.num_observations
         if n_obs % (h * w) or h % p or w % p:
