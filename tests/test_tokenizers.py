@@ -110,8 +110,8 @@ def test_a_configured_size_or_a_layout_of_another_kind_that_disagrees_is_refused
 
 
 def test_a_subsampled_ct_context_is_tokenised_as_its_kept_projections():
-    """A process's context subsampling rebuilds the context from rows (no layout); its tokens are the
-    tokens of the kept projections, as the layout of the kept projections gives them."""
+    """A process's context subsampling keeps whole projections and says so in the kept layout; its
+    tokens are the tokens of the kept projections, as that layout (checked here) gives them."""
     from test_processes_parts import ct_process
 
     torch.manual_seed(0)
@@ -121,7 +121,8 @@ def test_a_subsampled_ct_context_is_tokenised_as_its_kept_projections():
     context = Observations(ct_queries(angles, d), torch.rand(2, a * d, 1), ProjectionLayout(a, d))
     kept, _ = model.subsample_context(context, context)
     n_kept = kept.num_observations // d
-    honest = Observations(kept.queries, kept.values, ProjectionLayout(n_kept, d))
+    assert kept.layout == ProjectionLayout(n_kept, d) and n_kept in (2, 3)
+    honest = Observations(kept.queries, kept.values, ProjectionLayout(n_kept, d))  # checked
     torch.testing.assert_close(model.tokenizer(kept), model.tokenizer(honest))
     profiles = rearrange(kept.values, "s (a d) c -> (s a) c d", d=d)
     resampled = F.interpolate(profiles, size=model.tokenizer.n_bins, mode="linear", align_corners=False)

@@ -60,6 +60,10 @@ class ProjectionLayout:
         """Observations per unit: the detector bins of one projection."""
         return self.n_detectors
 
+    def with_units(self, n: int) -> ProjectionLayout:
+        """The layout of ``n`` of these projections (a subset keeps whole projections)."""
+        return ProjectionLayout(n, self.n_detectors)
+
     def mismatch(self, units: torch.Tensor) -> str | None:
         """Why queries ``(S, A, D, 2)`` are not these projections (``None`` if they are): the bins of
         a projection share its angle, and every projection has the same detector bins."""
@@ -96,6 +100,10 @@ class ViewLayout:
     def unit_size(self) -> int:
         """Observations per unit: the ``height * width`` rays of one view."""
         return self.height * self.width
+
+    def with_units(self, n: int) -> ViewLayout:
+        """The layout of ``n`` of these views (a subset keeps whole views)."""
+        return ViewLayout(n, self.height, self.width)
 
     def mismatch(self, units: torch.Tensor) -> str | None:
         """Why ray queries ``(S, V, H * W, 8)`` are not these views (``None`` if they are): the rays of
@@ -146,8 +154,8 @@ class Observations:
     ``layout`` (optional) says that the observations are whole units (projections, views); it is
     checked against the queries here (:func:`check_layout`), except by :meth:`to` and :meth:`select`,
     which keep a checked layout valid (``check=False``: no second pass, no host sync on a device).
-    Observations rebuilt from a subset of the rows (e.g. a process's context subsampling) lose the
-    layout unless the new one is given.
+    Observations rebuilt from a subset of the rows lose the layout unless the new one is given (a
+    process's context subsampling keeps whole units and gives it: ``layout.with_units(n)``).
     """
 
     queries: torch.Tensor

@@ -15,12 +15,17 @@ from genfield.datasets.batch import Observations
 
 def take_units(obs: Observations, index: torch.Tensor, unit: int) -> Observations:
     """The units ``index`` ``(S, n)`` of ``obs`` (unit ``u`` = observations ``u*unit .. u*unit+unit-1``),
-    in their original order."""
+    in their original order; a layout of whole units of that size becomes the layout of the ``n``
+    kept (gathered whole, so not re-checked), any other is dropped."""
     within = torch.arange(unit, device=index.device)
     rows = rearrange(index.sort(dim=1).values[..., None] * unit + within, "s n u -> s (n u)")
+    layout = obs.layout
+    whole = layout is not None and layout.unit_size == unit  # whole projections / views stay whole
     return Observations(
         torch.gather(obs.queries, 1, repeat(rows, "s m -> s m q", q=obs.queries.shape[-1])),
         torch.gather(obs.values, 1, repeat(rows, "s m -> s m c", c=obs.values.shape[-1])),
+        layout.with_units(index.shape[1]) if whole else None,
+        check=False,
     )
 
 
