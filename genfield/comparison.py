@@ -41,6 +41,7 @@ from genfield.training import TrainConfig, resolve_device, train
 
 if TYPE_CHECKING:
     from genfield.classical.base import Baseline
+    from genfield.interface import Prediction
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -108,9 +109,15 @@ def run_comparison(
         spec = get_kind(bundle.kind)
         test_batch = bundle.eval_batch("test", seed=seed).to(torch_device)
         field_cfg = load_group("field", field, {"options": dict(field_overrides or {})})
-        for factory in spec.baselines:
-            rows.append(_baseline_row(data_name, spec, factory(), bundle, test_batch, torch_device))
         predictions, trained = {}, {}
+        from genfield.classical import LINEAR_PRIORS  # scikit-image and SciPy: once baselines run
+
+        for index, factory in enumerate(spec.baselines):
+            baseline = factory()
+            row, prediction = _baseline_row(data_name, spec, baseline, bundle, test_batch, torch_device)
+            rows.append(row)
+            if index == 0 or baseline.name in LINEAR_PRIORS:  # the classical reference, a linear prior
+                predictions[baseline.name] = prediction
         for method_name in methods:
             method_cfg = load_group("method", method_name, method_overrides.get(method_name))
             torch.manual_seed(seed)
@@ -176,7 +183,9 @@ def _data_config(data: str | Mapping[str, Any], overrides: Mapping[str, Mapping[
     return OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(dict(data)), extra), resolve=True)
 
 
-def _baseline_row(data_name: str, spec: KindSpec, baseline: Baseline, bundle, batch, device) -> Row:
+def _baseline_row(
+    data_name: str, spec: KindSpec, baseline: Baseline, bundle, batch, device
+) -> tuple[Row, Prediction]:
     """Fit a classical baseline on the training collection, reconstruct and score the test batch."""
     began = time.perf_counter()
     baseline.fit(bundle.train)
@@ -184,7 +193,7 @@ def _baseline_row(data_name: str, spec: KindSpec, baseline: Baseline, bundle, ba
     with measure(device) as cost:
         prediction = baseline.reconstruct(batch)
     value = spec.score(prediction.mean.detach(), batch)[spec.metric].float().mean().item()
-    return Row(
+    row = Row(
         data_name,
         spec.name,
         baseline.name,
@@ -197,6 +206,7 @@ def _baseline_row(data_name: str, spec: KindSpec, baseline: Baseline, bundle, ba
         cost.peak_mib,
         fit_seconds,
     )
+    return row, prediction
 
 
 def write_results(out_dir: Path, rows: Sequence[Row]) -> None:
