@@ -130,6 +130,9 @@ def test_image_ponp_reads_local_features_and_rejects_non_linear_maps():
     assert (first[0] - first[1]).abs().max() > 1e-4  # the prediction depends on the context values
     with pytest.raises(InputError, match="not linear"):
         model.local(context, _NonLinearPoints())
+    # a comparison budget without test-time steps has one setting, not a duplicate "TTO 0"
+    assert model.settings({"tto_steps": 0}) == [("one pass", 0)]
+    assert model.settings({"tto_steps": 3}) == [("one pass", 0), ("TTO 3", 3)]
 
 
 class _NonLinearPoints(PointMap):

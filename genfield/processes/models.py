@@ -262,8 +262,9 @@ class NeuralProcess(Reconstructor):
     # -- test time ----------------------------------------------------------------------------
     @torch.no_grad()
     def settings(self, budget: Mapping[str, Any]) -> list[tuple[str, int | None]]:
-        """One forward pass, and ``budget["tto_steps"]`` steps of test-time optimisation."""
-        return [("one pass", 0), (f"TTO {budget['tto_steps']}", int(budget["tto_steps"]))]
+        """One forward pass, and ``budget["tto_steps"]`` steps of test-time optimisation (if > 0)."""
+        steps = int(budget["tto_steps"])
+        return [("one pass", 0)] + ([(f"TTO {steps}", steps)] if steps > 0 else [])
 
     def reconstruct(
         self,
