@@ -239,7 +239,7 @@ def font_file(name: str) -> Path:
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / f"{name}.ttf"
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=4096)  # 14 typefaces x ~80 pixel heights: every one stays loaded
 def _font(name: str, pixels: int):
     from PIL import ImageFont
 
