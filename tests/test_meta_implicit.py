@@ -113,6 +113,30 @@ def test_cg_reports_each_signals_iterations_which_equal_its_count_of_distinct_ei
     torch.testing.assert_close(solve.x["x"], 1 / eigenvalues)
 
 
+def test_cg_early_exit_saves_the_products_and_returns_the_full_counts_solution():
+    """Once every residual is below tol the loop ends: the same solution, fewer products."""
+    torch.manual_seed(0)
+    q = torch.linalg.qr(torch.randn(3, 6, 6)).Q
+    spectrum = torch.tensor([1.0, 1.0, 2.0, 2.0, 5.0, 5.0]).expand(3, -1)  # 3 distinct eigenvalues
+    matrices = q @ torch.diag_embed(spectrum) @ q.transpose(-1, -2)
+    calls = []
+
+    def hvp(p):
+        calls.append(1)
+        return {"x": torch.einsum("sij,sj->si", matrices, p["x"])}
+
+    b = {"x": torch.randn(3, 6)}
+    results = {}
+    for early in (True, False):
+        calls.clear()
+        results[early] = conjugate_gradient(hvp, b, iterations=12, tol=1e-6, early_exit=early), len(calls)
+    (early, early_calls), (full, full_calls) = results[True], results[False]
+    torch.testing.assert_close(early.x["x"], full.x["x"])
+    torch.testing.assert_close(early.x["x"], torch.linalg.solve(matrices, b["x"]))
+    assert early.iterations.tolist() == full.iterations.tolist() == [3, 3, 3]
+    assert full_calls == 12 + 1 and early_calls == 3 + 1  # + the true-residual product
+
+
 # -- iMAML through the shared solver equals the code it replaced -----------------------------------
 def _previous_imaml_gradient(learner, phi, batch):
     """iMAML's meta-gradient as written before the shared solver (one copy, kept as the reference)."""

@@ -3,9 +3,11 @@
 Solves ``(A_s + damping I) x_s = b_s`` for every signal ``s`` at once, where ``A`` is only available
 through Hessian-vector products ``hvp(p) -> A p`` (double backward; never a dense matrix). The step
 sizes ``alpha_s = r_s.r_s / p_s.A p_s`` and ``beta_s`` are per signal, so each system converges at
-its own rate, exactly as if it were solved alone. The loop runs a fixed number of iterations with no
-host synchronisation; a signal whose residual is already below ``tol`` (or whose curvature
-``p.Ap`` is not positive) stops moving. The returned residual is recomputed as ``||b - A x||`` (one
+its own rate, exactly as if it were solved alone. A signal whose residual is already below ``tol``
+(or whose curvature ``p.Ap`` is not positive) stops moving; once every residual is below ``tol``,
+the loop ends (``early_exit``: one host read of a boolean per iteration, against an HVP saved per
+iteration left; the solution is the same as after the full count). ``early_exit=False`` runs the fixed number
+of iterations with no host synchronisation at all. The returned residual is recomputed as ``||b - A x||`` (one
 more HVP), so it is the true residual, not the recursion's estimate.
 """
 
@@ -49,13 +51,15 @@ def conjugate_gradient(
     damping: float = 0.0,
     tol: float = 1e-2,
     preconditioner: Params | None = None,
+    early_exit: bool = True,
 ) -> CGResult:
     """Solve ``(A + damping I) x = b`` per signal by ``iterations`` steps of CG from ``x = 0``.
 
     ``b`` is a parameter tree or a container of them. ``preconditioner``: an optional positive
     diagonal ``P ~ (A + damping I)^-1`` (a tree like ``b``); preconditioned CG (``z = P r``) then
     converges at the rate of ``P A``'s conditioning, e.g. when ``A`` is dominated by a diagonal
-    prior curvature whose entries span decades.
+    prior curvature whose entries span decades. ``early_exit``: stop once every residual is below
+    ``tol`` (module docstring).
     """
 
     def apply(p: Params) -> Params:
@@ -87,6 +91,8 @@ def conjugate_gradient(
         p = tree_axpy(beta, p, z)
         rz = torch.where(active, rz_new, rz)
         rr = torch.where(active, tree_dot(r, r), rr)
+        if early_exit and not bool((rr > threshold).any()):
+            break  # every signal below tol: no later iteration would move x
     residual = tree_map(torch.sub, b, apply(x))
     relative = tree_dot(residual, residual).sqrt() / b_norm.clamp_min(torch.finfo(b_norm.dtype).tiny)
     converged = (relative <= tol).all() & tree_all_finite(x) & torch.isfinite(relative).all()
