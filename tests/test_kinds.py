@@ -95,6 +95,7 @@ def test_kind_presets_and_default_tokenizers_come_from_the_specs():
     )
     ponp = build_process("ponp", field, "ct")
     assert ponp.config.local_features and ponp.config.context_subsample == (1, 20)
+    assert type(ponp.local).__name__ == "BackProjectionFeatures"  # the part the ct spec names
     assert build_process("ponp", field, "ct", local_features=False).local is None  # options win
 
 

@@ -410,7 +410,7 @@ def test_kind_options_and_local_feature_errors():
     with pytest.raises(InputError, match="by_kind"):
         build_process("cnp", fc, "image", by_kind={"pictures": {}})
     shape_field = field_config("siren", in_dim=3, head="sdf", hidden=16, n_layers=2)
-    with pytest.raises(InputError, match="local_features"):
+    with pytest.raises(InputError, match=r"local_features .* kind 'shape'; available: \['image', 'ct'\]"):
         build_process("ponp", shape_field, "shape", local_features=True)
     with pytest.raises(InputError, match="context_subsample"):
         build_process("ponp", fc, "image", context_subsample=(3, 2))

@@ -91,6 +91,8 @@ class KindSpec:
         in_dim: the field's input dimension (2 for pixels and CT slices, 3 for shapes and scenes).
         metric: the headline metric of its comparison tables (a key of :meth:`score`).
         tokenizer: the neural processes' default tokenizer (``processes/tokenizers.py``).
+        local_features: the local-feature part a neural process reads with ``local_features=True``
+            (a name in :data:`genfield.processes.local.LOCAL_FEATURES`); ``None``: none.
         forward_map: the registered forward map its observations go through
             (:data:`genfield.forward.FORWARD_MAPS`): what a neural process asks for the number of
             channels of one measurement.
@@ -107,6 +109,7 @@ class KindSpec:
     in_dim: int = 2
     metric: str = "psnr"
     tokenizer: str = "points"
+    local_features: str | None = None
     forward_map: str = "point"
     process_defaults: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
     baselines: tuple[Callable[[], Baseline], ...] = ()

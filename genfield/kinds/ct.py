@@ -48,6 +48,7 @@ class CTKind(KindSpec):
     in_dim = 2
     metric = "psnr"
     tokenizer = "projections"
+    local_features = "back_projection"
     forward_map = "ct"
     process_defaults = MappingProxyType({"ponp": {"local_features": True, "context_subsample": (1, 20)}})
     baselines = (classical("gaussian-prior"), classical("sart"), classical("fbp"), classical("mean"))

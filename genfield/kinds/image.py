@@ -106,6 +106,7 @@ class ImageKind(KindSpec):
     in_dim = 2
     metric = "psnr"
     tokenizer = "points"
+    local_features = "set_convolution"
     process_defaults = MappingProxyType({"ponp": {"local_features": True}})
     baselines = (classical("biharmonic"), classical("gaussian-prior"), classical("mean"))
     accepts = ("image",)

@@ -26,8 +26,8 @@ field's domain, and evaluated at a point ``x`` it gives the evidence the measure
   point reads features of its neighbourhood at several scales. A grid field read at the pixel centres
   is the identity, so at ``resolution`` equal to the image side the input holds the context exactly.
 
-``LOCAL_FEATURES`` maps a batch kind to its part; kinds without one raise
-:class:`~genfield.errors.InputError` when ``local_features`` is asked for.
+``LOCAL_FEATURES`` names the parts; each kind's spec (:mod:`genfield.kinds`) says which it reads,
+and kinds without one raise :class:`~genfield.errors.InputError` when ``local_features`` is asked for.
 """
 
 from __future__ import annotations
@@ -232,15 +232,18 @@ def gaussian_blur(grid: torch.Tensor, scale: float) -> torch.Tensor:
     return rearrange(x, "s c h w -> s h w c")
 
 
-#: The local-feature part of each batch kind (``local_features=True``).
-LOCAL_FEATURES = {"ct": BackProjectionFeatures, "image": SetConvFeatures}
+#: The local-feature parts by name; each kind's spec names its own (``KindSpec.local_features``).
+LOCAL_FEATURES = {"back_projection": BackProjectionFeatures, "set_convolution": SetConvFeatures}
 
 
 def build_local_features(kind: str, value_dim: int, width: int, **options) -> nn.Module:
-    """The local-feature part for ``kind`` (see :data:`LOCAL_FEATURES`)."""
-    if kind not in LOCAL_FEATURES:
+    """The local-feature part that ``kind``'s spec names (:data:`LOCAL_FEATURES`)."""
+    from genfield.kinds import get_kind, kind_names
+
+    name = get_kind(kind).local_features
+    if name is None:
+        having = [k for k in kind_names() if get_kind(k).local_features is not None]
         raise InputError(
-            f"process local_features has no implementation for kind {kind!r}; "
-            f"available: {sorted(LOCAL_FEATURES)}"
+            f"process local_features has no implementation for kind {kind!r}; available: {having}"
         )
-    return LOCAL_FEATURES[kind](value_dim, width, **options)
+    return LOCAL_FEATURES[name](value_dim, width, **options)
