@@ -17,24 +17,12 @@ non-convex field *overfit the draws*: on 16 x 16 faces the M = 2 sample fields f
 the flat held-out PSNR and the flat predictive std seen before. The meta-gradient below is taken
 at ``v_K`` with one draw held fixed during the solve (the noise the outer loss uses).
 
-Inner steps on ``mu`` can be preconditioned by a variance (``precondition``): ``e^{l}`` or
-``e^{rho}`` times the gradient for SGD, or an Adam rate measured in prior standard deviations.
-The posterior variance is, at ``dF/drho = 0``, the inverse diagonal curvature of ``F`` in ``mu``, so
-that step is a diagonal Newton step (variational online Gauss-Newton); neither changes the
-stationary points, hence not the meta-gradient. ``relative_prior`` sets the initial prior standard
-deviation of each tensor to ``prior_std`` times its initial RMS: a SIREN's first layer and its
-hidden layers differ ~30x in scale and an isotropic prior wide enough for one turns the other into
-noise (phase noise ``omega_0 sigma sqrt(n)`` of several radians at ``prior_std=0.02``).
-
-Inner steps on ``rho`` (``logvar_step="fixed_point"``, default): the mean-field optimum in ``rho``
-has a closed form in the diagonal data curvature ``h``, ``e^{-rho*} = e^{-l} + h``, and ``dF/drho``
-measures ``h``, so each step moves ``rho`` (a damped fraction of) the way to that fixed point
-(:func:`logvar_fixed_point_step`). With ``precondition="posterior"`` the step on ``mu`` then uses the
-variance just set: ``mu <- mu - inner_lr e^{rho} grad_mu F`` is a diagonal Newton step. Together they
-reach the inner optimum of a prior-dominated problem in a few steps, which the implicit gradient
-assumes (its l-block weighs ``rho - l`` and ``mu - m`` directly). Adam on ``rho``
-(``logvar_step="optimizer"``) moves every ``rho`` by about its rate on its first steps whatever the
-gradient, so after a few steps ``rho`` is nats from the optimum and that block points elsewhere.
+How the inner steps move ``v`` (preconditioned means, a closed-form fixed point for the
+log-variances; none changes the stationary points) is :mod:`genfield.meta.ibaml_inner`.
+``relative_prior`` sets the initial prior standard deviation of each tensor to ``prior_std`` times
+its initial RMS: a SIREN's first layer and its hidden layers differ ~30x in scale and an isotropic
+prior wide enough for one turns the other into noise (phase noise ``omega_0 sigma sqrt(n)`` of
+several radians at ``prior_std=0.02``).
 
 with ``NLL`` the Gaussian negative log-likelihood summed over observations
 (:mod:`genfield.meta.likelihood`) and the KL in closed form (:mod:`genfield.meta.bayes`).
@@ -43,52 +31,13 @@ Outer objective (per target observation, averaged over signals):
 
     L(v) = 1/M sum_j NLL_tgt(mu + e^{rho/2} eps_j)
 
-Meta-gradient. At ``v* = argmin F``, ``grad_v F(v*(theta), theta) = 0``. Differentiating in theta:
-``A dv*/dtheta + B = 0`` with ``A = d^2F/dv^2`` and ``B = d^2F/dv dtheta``, so
+Meta-gradient: at ``v* = argmin F``, one CG solve ``A x = grad_v L(v*)`` with the curvature ``A``
+of ``F`` in ``v`` and the closed-form cross terms of the KL in the prior
+(:mod:`genfield.meta.ibaml_gradient`). Nothing is backpropagated through the inner trajectory:
+memory does not grow with K.
 
-    dL/dtheta = dL/dtheta|_direct - B^T x,    A x = grad_v L(v*).
-
-``A = H_nll + diag(KL curvature)``: ``H_nll`` is the Hessian of the Monte-Carlo expected NLL in
-``v`` (blocks mu-mu, mu-rho, rho-rho, including the first-order term that ``e^{rho/2}`` brings),
-applied by double backward with the noise held fixed; the KL adds ``e^{-l}`` on the mu block and
-``1/2 e^{rho-l}`` on the rho block. ``x`` comes from one CG solve per signal, Jacobi-preconditioned
-by the KL's curvature (the prior variances can span decades). (``curvature="gauss_newton"``
-replaces ``H_nll`` by the positive semi-definite Gauss-Newton matrix of the predictions in the
-weights, ``J^T J / (M sigma^2)`` pulled back through ``w = mu + e^{rho/2} eps``,
-plus the reparameterisation's own second derivative ``1/4 e^{rho/2} eps . grad_w NLL`` on the rho-rho
-diagonal (:func:`~genfield.meta.bayes.rho_curvature`; not a residual: in expectation half that
-block), so that ``A`` is positive definite at a stationary point and CG converges even where the
-exact Hessian of a non-convex field is indefinite; the default.)
-The NLL does not depend on ``(m, l)``, so ``B`` for the prior comes from the KL alone and is diagonal:
-
-    dL/dm = sum_s e^{-l} x_mu,s
-    dL/dl = sum_s [ (mu_s - m) e^{-l} x_mu,s + 1/2 e^{rho_s - l} x_rho,s ]
-
-(the outer loss has no direct dependence on ``(m, l)``). For shared weights and a learned noise the
-cross term comes from the NLL: ``dL/dw = dL/dw|_direct - (d^2 NLL_ctx / dw dv) x`` by one more
-double-backward product. For the noise that cross term is only used with
-``noise_gradient="implicit"``; by default (``"direct"``) ``log sigma`` follows the target NLL's own
-gradient, which settles ``sigma`` at the RMSE of the adapted predictions (calibrated intervals). The
-cross term assumes ``v_K`` is the inner optimum; after a few steps it is not, and the term says "a
-smaller sigma fits the context harder": on 64 x 64 faces it drove sigma from 0.1 to 0.03 while the
-target RMSE stayed at 0.17, the inner steps (whose size scales as 1/sigma^2) grew unstable and the
-90 % intervals covered 35 % of held-out pixels.
-
-Nothing is backpropagated through the inner trajectory: memory does not grow with K. The solve and
-the cross terms are the shared ones of :mod:`genfield.meta.implicit`; iBaML supplies the
-stationarity (the expected NLL's gradient), the curvature, the diagonal and the KL's ``B^T x``.
-``v`` is a :class:`~genfield.meta.bayes.Posterior` ``(mu, rho)``, the prior a
-:class:`~genfield.meta.bayes.Prior` ``(mean, logvar)``.
-
-Prediction. ``predictive="laplace"`` (default): the linearized-Laplace posterior under the learned
-prior and noise (:mod:`genfield.meta.laplace`): mean ``y(mu)``, variance
-``diag(K_** - K_*c (K_cc + sigma^2 I)^{-1} K_c*)`` with the prior's tangent kernel
-``K_ab = J_a e^l J_b^T`` at the adapted mean. It keeps the posterior correlations that the mean-field
-``q`` drops, so predictions are confident where the signal was observed and not elsewhere (``q``'s
-variances contract by each weight's *summed* curvature and cannot tell a random sample of observed
-pixels from the rest). ``predictive="mean_field"``: ``num_samples`` draws ``phi_j ~ q``, mean
-``1/J sum_j y(phi_j)``, variance ``Var_j y(phi_j)``. Both add ``sigma^2`` when ``predictive_noise``
-(the noise of a new observation).
+Prediction: the linearized-Laplace or mean-field posterior predictive,
+:mod:`genfield.meta.ibaml_predictive`.
 """
 
 from __future__ import annotations
@@ -108,14 +57,10 @@ from genfield.interface import Prediction
 from genfield.meta.bayes import (
     Posterior,
     Prior,
-    kl_cross_transpose,
-    kl_curvature,
     kl_diag_gaussians,
     kl_gradient,
     reparameterise,
-    rho_curvature,
 )
-from genfield.meta.cg import gauss_newton_hvp
 from genfield.meta.ibaml_config import (  # noqa: F401 - the option sets, re-exported
     INNER_GRADIENTS,
     INNER_NOISE,
@@ -125,27 +70,14 @@ from genfield.meta.ibaml_config import (  # noqa: F401 - the option sets, re-exp
     PREDICTIVES,
     IBaMLConfig,
 )
-from genfield.meta.implicit import Operator, implicit_gradient, linear_operator, outer_gradients
+from genfield.meta.ibaml_gradient import curvature_operator, ibaml_gradient
+from genfield.meta.ibaml_inner import fixed_point_transform, mean_preconditioner, mean_rates
+from genfield.meta.ibaml_predictive import posterior_predictive
+from genfield.meta.implicit import Operator
 from genfield.meta.inner import inner_loop
-from genfield.meta.laplace import linearized_variance
 from genfield.meta.learner import AdaptedState, MetaLearner, _module_key, field_tree
 from genfield.meta.likelihood import gaussian_nll
-from genfield.meta.tree import Tree, leaves, tree_leaves, tree_unflatten
-
-#: Adam's moment decays and denominator guard in the inner loop (as :func:`inner_loop`'s defaults).
-ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
-
-
-def logvar_fixed_point_step(grad_rho: torch.Tensor) -> torch.Tensor:
-    """``rho - rho*`` for the log-variance gradient ``g = dF/drho``.
-
-    ``g = 1/2 (e^{rho} (e^{-l} + h) - 1)`` with ``h`` the (Monte-Carlo, reparameterised) data
-    curvature of the weight, so the mean-field fixed point ``e^{-rho*} = e^{-l} + h`` lies at
-    ``rho - rho* = log(1 + 2 g)``: zero iff ``g = 0``, equal to ``2 g`` for small ``g``, and
-    logarithmic where ``h`` is large (a SIREN's first layer: ``e^l h ~ 100``), where a gradient step
-    would send the variance to ``e^{-50}``. ``1 + 2 g`` is clipped below at ``e^-2`` (a noisy or
-    negative ``h`` raises ``rho`` by at most 2 nats)."""
-    return torch.log((1 + 2 * grad_rho).clamp_min(math.exp(-2)))
+from genfield.meta.tree import Tree
 
 
 class IBaML(MetaLearner):
@@ -339,48 +271,6 @@ class IBaML(MetaLearner):
         return self.expected_nll(v, noise, target, forward_map).mean() / per_value
 
     # -- inner loop -----------------------------------------------------------------------------
-    def _preconditioner(self, create_graph: bool):
-        """``grad_mu F -> e^{l} grad_mu F`` (prior) or ``e^{rho} grad_mu F`` (posterior).
-
-        With the prior variance the KL's pull on ``mu`` has unit curvature, so ``inner_lr`` is a
-        fraction of the way back to ``m`` per step, whatever the scale of each weight. The posterior
-        variance is, at a stationary point of ``F`` (``dF/drho = 0``), the inverse of the diagonal
-        curvature ``diag(H_nll) + e^{-l}`` of ``F`` in ``mu`` (Gaussian variational fixed point),
-        so the step is a diagonal Newton step (as in variational online Gauss-Newton). Both leave
-        the stationary points of ``F`` — and so the implicit meta-gradient — unchanged.
-
-        With ``logvar_step="optimizer"`` and SGD, the step on ``rho`` is ``inner_lr_logvar`` times
-        ``0.5 log(1 + 2 g)`` (:func:`logvar_fixed_point_step`; ``inner_lr_logvar = 2`` jumps to the
-        fixed point); with ``"fixed_point"`` the log-variance is stepped by :meth:`_fixed_point_hook`.
-        """
-        if self.precondition == "none" or self.inner_optimizer == "adam":
-            return None  # Adam: see _mean_rates
-        _, l = self.prior()
-
-        def precondition(v: Posterior, grads: Posterior) -> Posterior:
-            # rho: the log fixed-point step, stable where the data curvature is large
-            rho = {k: 0.5 * logvar_fixed_point_step(g) for k, g in grads.rho.items()}
-            scales = l if self.precondition == "prior" else v.rho
-            mu = {}
-            for k, g in grads.mu.items():
-                scale = scales[k] if create_graph else scales[k].detach()
-                mu[k] = torch.exp(scale) * g
-            return Posterior(mu, rho)
-
-        return precondition
-
-    def _mean_rates(self, create_graph: bool) -> dict[str, float | torch.Tensor]:
-        """Inner learning rates of ``mu``. Adam's steps are about ``inner_lr`` per weight whatever
-        the gradient's scale, so with ``precondition="prior"`` its rate is measured in prior
-        standard deviations, ``inner_lr e^{l/2}`` (weights of a SIREN differ in scale by 30x)."""
-        m, l = self.prior()
-        if self.inner_optimizer != "adam" or self.precondition == "none":
-            return {k: self.inner_lr for k in m}
-        return {
-            k: self.inner_lr * torch.exp(0.5 * (t if create_graph else t.detach()))
-            for k, t in l.items()
-        }
-
     def adapt_posterior(
         self,
         context: Observations,
@@ -404,7 +294,10 @@ class IBaML(MetaLearner):
         if init is None:
             prior = self.prior() if create_graph else self.prior().detached()
             init = prior.posterior(S)
-        mean_rates = self._mean_rates(create_graph)
+        logvar = self.prior().logvar
+        if not create_graph:
+            logvar = {k: t.detach() for k, t in logvar.items()}
+        rates_mu = mean_rates(self.inner_lr, self.inner_optimizer, self.precondition, logvar, create_graph)
         if noise is None and self.noise_seed is not None:  # every seeded draw is this one: draw it once
             noise = self.draw_noise(S, shard=shard)
 
@@ -417,51 +310,21 @@ class IBaML(MetaLearner):
             return self.free_energy_gradient(v, eps, context, forward_map)
 
         if self.logvar_step == "optimizer":
-            rates = Posterior(mean_rates, {k: self.inner_lr_logvar for k in init.rho})
-            optimizer, precondition = self.inner_optimizer, self._preconditioner(create_graph)
+            rates = Posterior(rates_mu, {k: self.inner_lr_logvar for k in init.rho})
+            optimizer = self.inner_optimizer
+            precondition = None if optimizer == "adam" else mean_preconditioner(
+                self.precondition, logvar, create_graph
+            )  # Adam: its rates carry the prior scale (mean_rates)
         else:  # the hook takes the whole step; the loop applies it as SGD at rate 1
-            rates = Posterior(mean_rates, {k: 1.0 for k in init.rho})
-            optimizer, precondition = "sgd", self._fixed_point_hook(create_graph)
+            rates = Posterior(rates_mu, {k: 1.0 for k in init.rho})
+            optimizer, precondition = "sgd", fixed_point_transform(
+                self.inner_optimizer, self.precondition, logvar, self.inner_lr_logvar, create_graph
+            )
         return inner_loop(
             objective, init, steps, rates, optimizer, create_graph=create_graph,
             precondition=precondition,
             gradient=gradient if self.inner_gradient == "closed_form" and not create_graph else None,
         )
-
-    def _fixed_point_hook(self, create_graph: bool):
-        """The inner step of ``logvar_step="fixed_point"``, as a gradient transform for SGD.
-
-        ``mu`` gets its optimizer's direction (Adam's bias-corrected ratio of moments, or the
-        preconditioned SGD gradient). ``rho`` moves a fraction ``eta_t = max(inner_lr_logvar, 1/t)``
-        of the way to the closed-form fixed point of the current curvature estimate
-        (:func:`logvar_fixed_point_step`): the first step jumps there, later ones average the
-        log-precision targets of successive draws (a running mean while ``1/t > inner_lr_logvar``).
-        With fixed noise the error contracts by ``1 - eta_t`` per step, so a few inner steps reach
-        ``dF/drho = 0`` (where Adam moves every ``rho`` by ~``inner_lr`` on its first steps,
-        whatever its gradient, and lands nats from the optimum). Stationary points are unchanged."""
-        mean_precondition = self._preconditioner(create_graph)
-        first: Tree = {}
-        second: Tree = {}
-        step = 0
-
-        def hook(v: Posterior, grads: Posterior) -> Posterior:
-            nonlocal step
-            step += 1
-            rate = max(self.inner_lr_logvar, 1 / step)
-            logvar = {k: rate * logvar_fixed_point_step(g) for k, g in grads.rho.items()}
-            mean = dict(grads.mu)
-            if self.inner_optimizer == "adam":
-                (b1, b2), c1, c2 = ADAM_BETAS, 1 - ADAM_BETAS[0] ** step, 1 - ADAM_BETAS[1] ** step
-                for k, g in mean.items():
-                    first[k] = b1 * first.get(k, 0) + (1 - b1) * g
-                    second[k] = b2 * second.get(k, 0) + (1 - b2) * g.square()
-                    mean[k] = (first[k] / c1) / ((second[k] / c2).sqrt() + ADAM_EPS)
-            elif mean_precondition is not None:  # "posterior": the variance this step sets
-                variance_set = {k: v.rho[k] - d for k, d in logvar.items()}
-                mean = mean_precondition(Posterior(v.mu, variance_set), Posterior(mean, {})).mu
-            return Posterior(mean, logvar)
-
-        return hook
 
     def _inner_noise(self, noise: Tree) -> Tree | None:
         return noise if self.inner_noise == "fixed" else None
@@ -478,77 +341,15 @@ class IBaML(MetaLearner):
     def implicit_gradient(
         self, v: Posterior, noise: Tree, batch: SignalBatch
     ) -> tuple[Tree, dict[str, torch.Tensor]]:
-        """The meta-gradient at a (near-)stationary ``v`` of ``F``; see the module docstring.
-
-        iBaML's parts of :func:`~genfield.meta.implicit.implicit_gradient`: the expected context
-        NLL's gradient (and its Gauss-Newton matrix) with the KL's diagonal curvature (the Jacobi
-        preconditioner too), the KL's closed-form cross terms for the prior, and autograd's for
-        shared weights and (``noise_gradient="implicit"``) the learned noise."""
-        v = leaves(v)
-        shared = self.shared_meta_parameters()
-        noise_scale = {"log_sigma": self.log_sigma} if self.learn_obs_noise else {}
-        cross = {**shared, **(noise_scale if self.noise_gradient == "implicit" else {})}
-        with torch.enable_grad():
-            pred_ctx = self.sample_observations(v, noise, batch.context.queries, batch.forward_map)
-            nll_ctx = gaussian_nll(pred_ctx, batch.context.values, self.log_sigma).mean(0).sum()
-            grad_nll = torch.autograd.grad(nll_ctx, tree_leaves(v), create_graph=True)
-            outer = self.target_loss(v, noise, batch.target, batch.forward_map)
-            b_v, direct = outer_gradients(outer, v, {**shared, **noise_scale})
-        curvature, diagonal = self._curvature_parts(v, pred_ctx, grad_nll)
-        m, l = self.prior().detached()
-
-        def prior_cross(x: Posterior) -> Tree:  # B^T x for (m, l): the KL's, diagonal
-            by_mean, by_logvar = {}, {}
-            for k in v.mu:
-                cross_m, cross_l = kl_cross_transpose(
-                    x.mu[k], x.rho[k], v.mu[k].detach(), v.rho[k].detach(), m[k], l[k]
-                )
-                by_mean[k], by_logvar[k] = cross_m.sum(0), cross_l.sum(0)
-            return {**self.named("prior_mean", by_mean), **self.named("prior_logvar", by_logvar)}
-
-        solve = implicit_gradient(
-            v,
-            tree_unflatten(grad_nll, v),
-            b_v,
-            curvature=curvature,
-            diagonal=diagonal,
-            cross=cross,
-            direct=direct,
-            closed_form_cross=prior_cross,
-            iterations=self.cg_iterations,
-            damping=self.cg_damping,
-            tol=self.cg_tol,
-            precondition=True,  # prior variances spanning decades: (P A) ~ I + P H_nll
-        )
-        metrics = {"loss": outer.detach(), "obs_noise": self.obs_noise.detach(), **solve.metrics()}
-        return solve.gradients, metrics
-
-    def _curvature_parts(
-        self, v: Posterior, pred_ctx: torch.Tensor, grad_nll: tuple[torch.Tensor, ...]
-    ) -> tuple[Operator | None, Posterior]:
-        """``(Gauss-Newton products or None for the NLL's Hessian, the diagonal part of A)``."""
-        _, l = self.prior().detached()
-        pairs = {k: kl_curvature(v.rho[k].detach(), l[k]) for k in v.mu}
-        diagonal = Posterior({k: c for k, (c, _) in pairs.items()}, {k: c for k, (_, c) in pairs.items()})
-        if self.curvature == "hessian":
-            return None, diagonal
-        # NLL = 1/M sum_j ||y - f_j||^2 / (2 sigma^2) + c
-        weight = torch.exp(-2 * self.log_sigma.detach()) / len(pred_ctx)
-        grad_rho = tree_unflatten(grad_nll, v).rho
-        # the reparameterisation's own curvature, which Gauss-Newton leaves out
-        rho = {k: rho_curvature(grad_rho[k].detach(), c) for k, c in diagonal.rho.items()}
-        return gauss_newton_hvp(pred_ctx, v, weight), Posterior(diagonal.mu, rho)
+        """The meta-gradient at a (near-)stationary ``v`` of ``F``
+        (:func:`~genfield.meta.ibaml_gradient.ibaml_gradient`)."""
+        return ibaml_gradient(self, v, noise, batch)
 
     def curvature_operator(
         self, v: Posterior, pred_ctx: torch.Tensor, grad_nll: tuple[torch.Tensor, ...]
     ) -> tuple[Operator, Posterior]:
-        """``(p -> A p, diagonal)``: products with the curvature ``A`` of ``F`` in ``v`` at the
-        leaves ``v`` (``pred_ctx``: the sampled context predictions, ``grad_nll``: the expected
-        context NLL's gradient in ``v`` with its graph), and the diagonal part that is not the NLL's
-        Hessian or Gauss-Newton term (the KL's; with Gauss-Newton also the reparameterisation's
-        rho-rho term, :func:`~genfield.meta.bayes.rho_curvature`), the Jacobi preconditioner's."""
-        curvature, diagonal = self._curvature_parts(v, pred_ctx, grad_nll)
-        return linear_operator(v, tree_unflatten(grad_nll, v), curvature, diagonal), diagonal
+        """``(p -> A p, diagonal)`` (:func:`~genfield.meta.ibaml_gradient.curvature_operator`)."""
+        return curvature_operator(self, v, pred_ctx, grad_nll)
 
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
         noise = self.draw_noise(batch.num_signals, shard=batch.shard)  # shard: under torch.distributed
@@ -574,52 +375,5 @@ class IBaML(MetaLearner):
         num_samples: int,
         variance: bool = True,
     ) -> Prediction:
-        """The posterior predictive at ``queries`` (see the module docstring, "Prediction");
-        ``variance=False`` with the Laplace predictive returns the mean alone (no Jacobians)."""
-        if state.logvar is None:
-            raise InputError("iBaML prediction needs an adapted state with posterior log-variances")
-        if self.predictive == "laplace" and state.context is not None:
-            if not variance:
-                with torch.no_grad():
-                    return Prediction(self.observe(state.params, queries, query_map))
-            return self._laplace_predictive(state, queries, query_map)
-        with torch.no_grad():
-            noise = {
-                k: torch.randn(num_samples, *t.shape, dtype=t.dtype, device=t.device)
-                for k, t in state.params.items()
-            }
-            draws = self.sample_observations(
-                Posterior(state.params, state.logvar), noise, queries, query_map
-            )
-            variance = draws.var(0, unbiased=False)
-            return self._prediction(draws.mean(0), variance, state, query_map, draws)
-
-    def _laplace_predictive(
-        self, state: AdaptedState, queries: torch.Tensor, query_map: ForwardMap
-    ) -> Prediction:
-        _, prior_logvar = self.prior()
-        variance = linearized_variance(
-            lambda p, q: self.observe(p, q, state.context_map),
-            lambda p, q: self.observe(p, q, query_map),
-            state.params,
-            prior_logvar,
-            self.obs_noise,
-            state.context.queries,
-            queries,
-        )
-        with torch.no_grad():
-            mean = self.observe(state.params, queries, query_map)
-        return self._prediction(mean, variance, state, query_map)
-
-    def _prediction(
-        self, mean, variance, state: AdaptedState, query_map: ForwardMap, samples=None
-    ) -> Prediction:
-        """Add ``sigma^2`` when predicting a new noisy observation (``predictive_noise``), and say
-        so (``noise_variance``) so that uncertainty maps can show the signal's own. ``sigma`` is
-        the noise of the context's kind of measurement: queries through another forward map (CT
-        pixels of a field observed through projections) get the signal's variance alone."""
-        same_kind = state.context_map is None or query_map.same_measurement(state.context_map)
-        if not (self.predictive_noise and same_kind):
-            return Prediction(mean, variance, samples)
-        noise = self.obs_noise.detach().square()
-        return Prediction(mean, variance + noise, samples, noise_variance=noise)
+        """The posterior predictive at ``queries`` (:mod:`genfield.meta.ibaml_predictive`)."""
+        return posterior_predictive(self, state, queries, query_map, num_samples, variance)

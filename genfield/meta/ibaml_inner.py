@@ -1,0 +1,131 @@
+r"""iBaML's inner steps: how ``v = (mu, rho)`` moves towards the stationary point of ``F``.
+
+None of these change the stationary points of ``F``, hence not the implicit meta-gradient; they
+decide how close ``K`` inner steps get to them, which the implicit gradient assumes (its l-block
+weighs ``rho - l`` and ``mu - m`` directly).
+
+Mean. Steps on ``mu`` can be preconditioned by a variance (``precondition``): ``e^{l}`` or
+``e^{rho}`` times the gradient for SGD, or an Adam rate measured in prior standard deviations. The
+posterior variance is, at ``dF/drho = 0``, the inverse diagonal curvature of ``F`` in ``mu``, so that
+step is a diagonal Newton step (variational online Gauss-Newton).
+
+Log-variance (``logvar_step="fixed_point"``, default). The mean-field optimum in ``rho`` has a closed
+form in the diagonal data curvature ``h``, ``e^{-rho*} = e^{-l} + h``, and ``dF/drho`` measures
+``h``, so each step moves ``rho`` (a damped fraction of) the way to that fixed point
+(:func:`logvar_fixed_point_step`). With ``precondition="posterior"`` the step on ``mu`` then uses the
+variance just set. Together they reach the inner optimum of a prior-dominated problem in a few
+steps. Adam on ``rho`` (``logvar_step="optimizer"``) moves every ``rho`` by about its rate on its
+first steps whatever the gradient, so after a few steps ``rho`` is nats from the optimum.
+
+Each builder returns a gradient transform ``(v, grads) -> step direction`` for
+:func:`~genfield.meta.inner.inner_loop` (its ``precondition``), or per-tensor rates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from genfield.meta.bayes import Posterior
+from genfield.meta.tree import Tree
+
+#: Adam's moment decays and denominator guard in the inner loop (as :func:`inner_loop`'s defaults).
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+Transform = Callable[[Posterior, Posterior], Posterior]
+
+
+def logvar_fixed_point_step(grad_rho: torch.Tensor) -> torch.Tensor:
+    """``rho - rho*`` for the log-variance gradient ``g = dF/drho``.
+
+    ``g = 1/2 (e^{rho} (e^{-l} + h) - 1)`` with ``h`` the (Monte-Carlo, reparameterised) data
+    curvature of the weight, so the mean-field fixed point ``e^{-rho*} = e^{-l} + h`` lies at
+    ``rho - rho* = log(1 + 2 g)``: zero iff ``g = 0``, equal to ``2 g`` for small ``g``, and
+    logarithmic where ``h`` is large (a SIREN's first layer: ``e^l h ~ 100``), where a gradient step
+    would send the variance to ``e^{-50}``. ``1 + 2 g`` is clipped below at ``e^-2`` (a noisy or
+    negative ``h`` raises ``rho`` by at most 2 nats)."""
+    return torch.log((1 + 2 * grad_rho).clamp_min(math.exp(-2)))
+
+
+def mean_preconditioner(precondition: str, prior_logvar: Tree, create_graph: bool) -> Transform | None:
+    """``grad_mu F -> e^{l} grad_mu F`` (``"prior"``) or ``e^{rho} grad_mu F`` (``"posterior"``);
+    ``None`` for ``"none"``. ``rho`` gets ``0.5 log(1 + 2 g)`` (:func:`logvar_fixed_point_step`), so
+    that with SGD at ``inner_lr_logvar = 2`` the log-variance jumps to its fixed point.
+
+    With the prior variance the KL's pull on ``mu`` has unit curvature, so ``inner_lr`` is a fraction
+    of the way back to ``m`` per step, whatever the scale of each weight. The posterior variance is,
+    at a stationary point of ``F``, the inverse of the diagonal curvature ``diag(H_nll) + e^{-l}`` of
+    ``F`` in ``mu`` (Gaussian variational fixed point), so that step is a diagonal Newton step.
+    ``create_graph`` keeps the prior's graph (the explicit, backprop-through-K meta-gradient)."""
+    if precondition == "none":
+        return None
+
+    def transform(v: Posterior, grads: Posterior) -> Posterior:
+        rho = {k: 0.5 * logvar_fixed_point_step(g) for k, g in grads.rho.items()}
+        scales = prior_logvar if precondition == "prior" else v.rho
+        mu = {}
+        for k, g in grads.mu.items():
+            scale = scales[k] if create_graph else scales[k].detach()
+            mu[k] = torch.exp(scale) * g
+        return Posterior(mu, rho)
+
+    return transform
+
+
+def mean_rates(
+    inner_lr: float, optimizer: str, precondition: str, prior_logvar: Tree, create_graph: bool
+) -> dict[str, float | torch.Tensor]:
+    """Inner learning rates of ``mu``. Adam's steps are about ``inner_lr`` per weight whatever the
+    gradient's scale, so with a preconditioner its rate is measured in prior standard deviations,
+    ``inner_lr e^{l/2}`` (weights of a SIREN differ in scale by 30x)."""
+    if optimizer != "adam" or precondition == "none":
+        return {k: inner_lr for k in prior_logvar}
+    return {
+        k: inner_lr * torch.exp(0.5 * (t if create_graph else t.detach())) for k, t in prior_logvar.items()
+    }
+
+
+def fixed_point_transform(
+    optimizer: str,
+    precondition: str,
+    prior_logvar: Tree,
+    logvar_rate: float,
+    create_graph: bool,
+) -> Transform:
+    """The whole inner step of ``logvar_step="fixed_point"``, as a gradient transform for SGD at
+    rate 1 on ``rho`` (``mu`` keeps its own rates).
+
+    ``mu`` gets its optimizer's direction (Adam's bias-corrected ratio of moments, or the
+    preconditioned SGD gradient). ``rho`` moves a fraction ``eta_t = max(logvar_rate, 1/t)`` of the
+    way to the closed-form fixed point of the current curvature estimate
+    (:func:`logvar_fixed_point_step`): the first step jumps there, later ones average the
+    log-precision targets of successive draws (a running mean while ``1/t > logvar_rate``). With
+    fixed noise the error contracts by ``1 - eta_t`` per step, so a few inner steps reach
+    ``dF/drho = 0``. The transform keeps Adam's moments between calls: build one per inner loop."""
+    precondition_mean = None if optimizer == "adam" else mean_preconditioner(
+        precondition, prior_logvar, create_graph
+    )
+    first: Tree = {}
+    second: Tree = {}
+    step = 0
+
+    def transform(v: Posterior, grads: Posterior) -> Posterior:
+        nonlocal step
+        step += 1
+        rate = max(logvar_rate, 1 / step)
+        logvar = {k: rate * logvar_fixed_point_step(g) for k, g in grads.rho.items()}
+        mean = dict(grads.mu)
+        if optimizer == "adam":
+            (b1, b2), c1, c2 = ADAM_BETAS, 1 - ADAM_BETAS[0] ** step, 1 - ADAM_BETAS[1] ** step
+            for k, g in mean.items():
+                first[k] = b1 * first.get(k, 0) + (1 - b1) * g
+                second[k] = b2 * second.get(k, 0) + (1 - b2) * g.square()
+                mean[k] = (first[k] / c1) / ((second[k] / c2).sqrt() + ADAM_EPS)
+        elif precondition_mean is not None:  # "posterior": the variance this step sets
+            variance_set = {k: v.rho[k] - d for k, d in logvar.items()}
+            mean = precondition_mean(Posterior(v.mu, variance_set), Posterior(mean, {})).mu
+        return Posterior(mean, logvar)
+
+    return transform
