@@ -363,7 +363,8 @@ def test_view_split_layout_and_view_major_context():
     assert batch.context.values.shape == (3, 2 * H * W, 3)
     assert batch.target.queries.shape == (3, 7, 8) and batch.ground_truth.shape == (3, 2, H, W, 3)
     ex = batch.extras
-    assert ex["image_size"] == (H, W) and ex["focal"].shape == (3,)
+    assert batch.context.layout.image_size == (H, W) and "image_size" not in ex  # the layout's
+    assert ex["focal"].shape == (3,)
     assert ex["context_images"].shape == (3, 2, H, W, 3) and ex["context_c2w"].shape == (3, 2, 4, 4)
     for s, signal in enumerate(signals):
         ctx, tgt = ex["context_views"][s], ex["target_views"][s]
