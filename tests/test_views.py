@@ -381,6 +381,19 @@ def test_view_split_layout_and_view_major_context():
     assert torch.all(near <= far) and torch.all(near >= 1.0) and torch.all(far <= 4.5)
 
 
+def test_views_figures_take_the_view_size_from_the_target_layout(tmp_path):
+    from genfield.interface import Prediction
+    from genfield.kinds import get_kind
+
+    spec, signals = get_kind("views"), toy_signals()
+    whole = ViewSplit(n_context_views=1, n_target_views=2, rays_per_signal=None)(signals, torch.Generator())
+    oracle = {"oracle": Prediction(whole.target.values)}
+    assert [p.name for p in spec.write_figures(tmp_path, whole, oracle)] == ["novel_views.png"]
+    rays = ViewSplit(n_context_views=1, n_target_views=2, rays_per_signal=7)(signals, torch.Generator())
+    with pytest.raises(InputError, match="ViewLayout"):  # 7 random rays are no whole views
+        spec.write_figures(tmp_path, rays, {"oracle": Prediction(rays.target.values)})
+
+
 def test_view_split_is_deterministic_per_seed_and_subsamples_context():
     signals = toy_signals()
     split = ViewSplit(n_context_views=1, n_target_views=3, rays_per_signal=None, context_rays=6)
