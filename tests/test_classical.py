@@ -20,7 +20,7 @@ from genfield.classical.gaussian import (
     noise_by_marginal_likelihood,
     shrunk_covariance,
 )
-from genfield.datasets.batch import Observations, SignalBatch
+from genfield.datasets.batch import Observations, ProjectionLayout, SignalBatch
 from genfield.datasets.ct import CTSignal, CTSplit, PhantomDataset
 from genfield.datasets.images import ImageSignal, ImageSplit
 from genfield.datasets.views import ViewSignal, ViewSplit, look_at
@@ -105,6 +105,21 @@ def test_fbp_baseline_equals_iradon_of_radon_inside_the_disc():
         image = batch.ground_truth[s, ..., 0].double().numpy()
         expected = iradon(radon(image, theta=degrees, circle=True), theta=degrees, circle=True)
         assert relative(ours[s][inner], expected[inner]) < 1e-5
+
+
+def test_ct_baselines_read_the_detector_count_from_the_context_layout():
+    batch = CTSplit(n_context_angles=3, context_angles="even", n_detectors=11, n_target_angles=2)(
+        [CTSignal(PhantomDataset(1, 9, seed=0)[0].image, "p")]
+    )
+    assert classical.FBP().reconstruct(batch).mean.shape == (1, 81, 1)  # 11 bins, a 9 x 9 slice
+    context = batch.context
+    for layout in (None, ProjectionLayout(11, 3)):  # none, or one that is not these 3 x 11 values
+        batch.context = Observations(context.queries, context.values, layout, check=False)
+        with pytest.raises(InputError, match="ProjectionLayout" if layout is None else "disagrees"):
+            classical.FBP().reconstruct(batch)
+    batch.context = Observations(context.queries[:, :22], context.values[:, :22], ProjectionLayout(2, 11))
+    with pytest.raises(InputError, match="3 context_angles"):  # the angles are of the 3 projections
+        classical.FBP().reconstruct(batch)
 
 
 def test_ct_baselines_predict_at_the_dense_queries():

@@ -12,6 +12,7 @@ from skimage.data import shepp_logan_phantom
 from skimage.transform import iradon, radon, resize
 from torch.func import functional_call, grad, vmap
 
+from genfield.datasets.batch import ProjectionLayout
 from genfield.datasets.ct import (
     CTSignal,
     CTSplit,
@@ -370,7 +371,8 @@ def test_ct_split_builds_projection_batches():
     assert batch.ground_truth.shape == (3, n, n, 1)
     extras = batch.extras
     assert extras["context_angles"].shape == (3, 6) and extras["target_angles"].shape == (3, 10)
-    assert extras["n_detectors"] == n and extras["resolution"] == n
+    assert batch.context.layout == ProjectionLayout(6, n) and batch.target.layout == ProjectionLayout(10, n)
+    assert extras["resolution"] == n and "n_detectors" not in extras  # the layout's, not repeated
     assert [m["name"] for m in batch.metadata] == [s.name for s in signals]
     angles = extras["context_angles"]
     assert (angles >= 0).all() and (angles < math.pi).all() and (angles.diff(dim=-1) >= 0).all()
@@ -396,7 +398,7 @@ def test_ct_split_is_deterministic_and_validates():
         torch.testing.assert_close(a.queries, b.queries)
         torch.testing.assert_close(a.values, b.values)
     assert not torch.equal(one.context.queries, three.context.queries)
-    assert one.context.queries.shape == (2, 4 * 12, 2) and one.extras["n_detectors"] == 12
+    assert one.context.queries.shape == (2, 4 * 12, 2) and one.context.layout.n_detectors == 12
     even = CTSplit(n_context_angles=4, context_angles="even", n_target_angles="all")(signals)
     torch.testing.assert_close(
         even.extras["context_angles"], (torch.arange(4) * math.pi / 4).expand(2, 4)

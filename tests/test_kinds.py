@@ -346,7 +346,7 @@ def test_compare_on_ct_scores_the_fbp_baseline_row_like_fbp_of_the_context(tmp_p
     ]
     bundle = build_data({**load_group("data", "ct_phantoms", data), "eval_signals": budget["eval_signals"]})
     batch = bundle.eval_batch("test")
-    angles, n_det = batch.extras["context_angles"], batch.extras["n_detectors"]
+    angles, n_det = batch.extras["context_angles"], batch.context.layout.n_detectors
     sinogram = batch.context.values[..., 0].reshape(batch.num_signals, angles.shape[1], n_det)
     image = fbp(sinogram, angles, output_size=12).clamp(0, 1).numpy()
     expected = np_psnr(image, batch.ground_truth[..., 0].numpy()).mean()

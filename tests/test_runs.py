@@ -78,7 +78,7 @@ def test_ct_slice_reader_projects_as_the_runs_evaluation_split(tmp_path):
     torch.testing.assert_close(batch.context.queries, expected.context.queries)
     torch.testing.assert_close(batch.context.values, expected.context.values)
     torch.testing.assert_close(batch.ground_truth, expected.ground_truth)
-    assert batch.extras["n_detectors"] == 16 and batch.forward_map.n_samples == 16
+    assert batch.context.layout.n_detectors == 16 and batch.forward_map.n_samples == 16
 
 
 def test_normalize_points_centres_the_box_and_refuses_a_single_point():

@@ -363,7 +363,8 @@ def test_view_split_layout_and_view_major_context():
     assert batch.context.values.shape == (3, 2 * H * W, 3)
     assert batch.target.queries.shape == (3, 7, 8) and batch.ground_truth.shape == (3, 2, H, W, 3)
     ex = batch.extras
-    assert ex["image_size"] == (H, W) and ex["focal"].shape == (3,)
+    assert batch.context.layout.image_size == (H, W) and "image_size" not in ex  # the layout's
+    assert ex["focal"].shape == (3,)
     assert ex["context_images"].shape == (3, 2, H, W, 3) and ex["context_c2w"].shape == (3, 2, 4, 4)
     for s, signal in enumerate(signals):
         ctx, tgt = ex["context_views"][s], ex["target_views"][s]
@@ -378,6 +379,19 @@ def test_view_split_layout_and_view_major_context():
         assert torch.equal(batch.target.values[s], flat_targets[ex["target_index"][s]])
     near, far = batch.context.queries[..., 6], batch.context.queries[..., 7]
     assert torch.all(near <= far) and torch.all(near >= 1.0) and torch.all(far <= 4.5)
+
+
+def test_views_figures_take_the_view_size_from_the_target_layout(tmp_path):
+    from genfield.interface import Prediction
+    from genfield.kinds import get_kind
+
+    spec, signals = get_kind("views"), toy_signals()
+    whole = ViewSplit(n_context_views=1, n_target_views=2, rays_per_signal=None)(signals, torch.Generator())
+    oracle = {"oracle": Prediction(whole.target.values)}
+    assert [p.name for p in spec.write_figures(tmp_path, whole, oracle)] == ["novel_views.png"]
+    rays = ViewSplit(n_context_views=1, n_target_views=2, rays_per_signal=7)(signals, torch.Generator())
+    with pytest.raises(InputError, match="ViewLayout"):  # 7 random rays are no whole views
+        spec.write_figures(tmp_path, rays, {"oracle": Prediction(rays.target.values)})
 
 
 def test_view_split_is_deterministic_per_seed_and_subsamples_context():

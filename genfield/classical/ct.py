@@ -1,7 +1,8 @@
 """CT baselines: filtered back-projection and SART, on the context projections of a batch.
 
 Both read the context sinogram the learned methods see (``batch.context``, angle-major, at
-``extras["context_angles"]`` with ``extras["n_detectors"]`` bins). FBP is genfield's own
+``extras["context_angles"]``, in the projections of ``batch.context.layout``, a
+:class:`~genfield.datasets.batch.ProjectionLayout`). FBP is genfield's own
 :func:`~genfield.forward.ct.fbp` (which matches ``skimage.transform.iradon`` inside the disc). SART
 (Andersen & Kak 1984) is ``skimage.transform.iradon_sart``: ``iterations`` calls, each seeded with
 the previous image, with the non-negativity clip ``clip=(0, inf)`` (attenuation is non-negative;
@@ -28,19 +29,32 @@ import torch
 from skimage.transform import iradon_sart
 
 from genfield.classical.base import image_shape, pixel_prediction, require_kind
-from genfield.datasets.batch import SignalBatch
+from genfield.datasets.batch import ProjectionLayout, SignalBatch
 from genfield.errors import InputError
 from genfield.forward.ct import as_sinogram, fbp, to_skimage
 from genfield.interface import Prediction
 
 
 def context_sinograms(batch: SignalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """The context sinograms ``(S, A, D)`` (genfield units) and their angles ``(S, A)`` in radians."""
-    for key in ("context_angles", "n_detectors"):
-        if key not in batch.extras:
-            raise InputError(f"CT batch has no extras[{key!r}]: the context geometry is unknown")
-    sinogram = as_sinogram(batch.context.values.detach(), batch.extras["n_detectors"])[:, 0]
-    return sinogram, batch.extras["context_angles"]
+    """The context sinograms ``(S, A, D)`` (genfield units) and their angles ``(S, A)`` in radians.
+
+    The detector count is the context's :class:`ProjectionLayout`'s; :class:`InputError` where the
+    context has none, or where the layout, the values and ``extras["context_angles"]`` disagree.
+    """
+    layout, values = batch.context.layout, batch.context.values
+    if not isinstance(layout, ProjectionLayout):
+        raise InputError(
+            f"CT batch context has layout {layout}, not a ProjectionLayout: the detector count is unknown"
+        )
+    if "context_angles" not in batch.extras:
+        raise InputError("CT batch has no extras['context_angles']: the context geometry is unknown")
+    angles = batch.extras["context_angles"]
+    if values.shape[1] != layout.n_angles * layout.n_detectors or angles.shape[-1] != layout.n_angles:
+        raise InputError(
+            f"CT batch context {layout} disagrees with its {values.shape[1]} values and "
+            f"{angles.shape[-1]} context_angles"
+        )
+    return as_sinogram(values.detach(), layout.n_detectors)[:, 0], angles
 
 
 def fbp_images(batch: SignalBatch, filter_name: str | None = "ramp") -> torch.Tensor:

@@ -377,7 +377,6 @@ class CTSplit:
             extras={
                 "context_angles": context_angles,
                 "target_angles": target_angles,
-                "n_detectors": n_det,
                 "resolution": resolution,
             },
         )

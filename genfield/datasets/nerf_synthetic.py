@@ -19,6 +19,7 @@ import torch
 
 from genfield.datasets.decoding import read_rgb
 from genfield.datasets.scenes import (
+    OneScene,
     SceneFolder,
     ViewSignal,
     check_downscale_fits,
@@ -40,7 +41,7 @@ NERF_SYNTHETIC_SCALE = 2.0 / 3.0
 NERF_SYNTHETIC_BOUNDS = (2.0, 6.0)
 
 
-class NerfSyntheticScene:
+class NerfSyntheticScene(OneScene):
     """One scene in the NeRF-synthetic (Blender) format: a dataset of one :class:`ViewSignal`.
 
     Reads ``transforms_{split}.json`` (or ``transforms.json``, the one-file-per-object layout of the
@@ -57,8 +58,6 @@ class NerfSyntheticScene:
         scale: world scale applied to camera positions and bounds (see the module docstring).
         near, far: ray bounds in the file's units (before ``scale``).
     """
-
-    channels = 3
 
     def __init__(
         self,
@@ -126,14 +125,6 @@ class NerfSyntheticScene:
         check_finite(pose, what)
         check_pose(pose, what)
         return pose
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, index: int) -> ViewSignal:
-        if index not in (0, -1):
-            raise IndexError(index)
-        return self.load()
 
     def load(self) -> ViewSignal:
         """Decode the images and return the scene as a :class:`ViewSignal`."""

@@ -68,6 +68,24 @@ class Scene(Protocol):
     def load(self) -> ViewSignal: ...
 
 
+class OneScene:
+    """A scene reader as a dataset of one :class:`ViewSignal` (item ``0`` or ``-1``: :meth:`load`).
+    The NeRF-synthetic and SRN scene readers are this class with their own ``load``."""
+
+    channels = 3
+
+    def load(self) -> ViewSignal:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> ViewSignal:
+        if index not in (0, -1):
+            raise IndexError(index)
+        return self.load()
+
+
 class SceneFolder:
     """A folder of scenes, one :class:`ViewSignal` per scene folder, read by ``scene(folder, **options)``.
 

@@ -15,6 +15,7 @@ import torch
 
 from genfield.datasets.decoding import read_rgb
 from genfield.datasets.scenes import (
+    OneScene,
     SceneFolder,
     ViewSignal,
     check_finite,
@@ -30,7 +31,7 @@ from genfield.forward.volume import CUBE_RADIUS
 OPENCV_TO_OPENGL = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 
 
-class SRNScene:
+class SRNScene(OneScene):
     """One SRN scene folder: ``rgb/*.png``, ``pose/*.txt`` and ``intrinsics.txt``.
 
     ``intrinsics.txt`` (the format of SRN's ``parse_intrinsics``)::
@@ -46,8 +47,6 @@ class SRNScene:
     positions and bounds are multiplied by ``scale``. Default bounds: the camera distances from the
     origin minus/plus the cube's half-diagonal (so the whole cube lies in ``[near, far]``).
     """
-
-    channels = 3
 
     def __init__(
         self,
@@ -106,14 +105,6 @@ class SRNScene:
         pose = values.reshape(4, 4)
         check_pose(pose, f"pose file {path}")
         return np.linalg.inv(pose) if world2cam else pose
-
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, index: int) -> ViewSignal:
-        if index not in (0, -1):
-            raise IndexError(index)
-        return self.load()
 
     def load(self) -> ViewSignal:
         """Decode the images and poses and return the scene as a :class:`ViewSignal`."""

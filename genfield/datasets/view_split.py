@@ -76,7 +76,6 @@ class ViewSplit:
         parts = [self._one(signal, generator) for signal in signals]
         stack = {key: torch.stack([p[key] for p in parts]) for key in parts[0]}
         extras = {
-            "image_size": size,
             "context_views": stack["context_views"],
             "target_views": stack["target_views"],
             "context_images": stack["context_images"],

@@ -112,21 +112,23 @@ class CTKind(KindSpec):
             context,
             metadata=[{"name": path.name, "path": str(path), "resolution": resolution}],
             ground_truth=truth,
-            extras={"context_angles": angles[None], "n_detectors": n_det, "resolution": resolution},
+            extras={"context_angles": angles[None], "resolution": resolution},
         )
 
     def write_outputs(
         self, out: Path, batch: SignalBatch, adapted: Adapted, run: Any, options: Mapping[str, Any]
     ) -> dict[str, Any]:
         """The slice and its FBP (PNGs and the CT panel); PSNR and SSIM of both where the slice is known."""
-        from genfield.forward.ct import as_sinogram, fbp
+        from genfield.classical.ct import context_sinograms
+        from genfield.forward.ct import fbp
         from genfield.metrics import psnr, ssim
         from genfield.viz.figures import ct_figure, save_image
 
-        resolution, n_det = batch.extras["resolution"], batch.extras["n_detectors"]
+        resolution = batch.extras["resolution"]
+        sinograms, context_angles = context_sinograms(batch)  # its detector count is the layout's
+        sinogram, angles, n_det = sinograms[0], context_angles[0], sinograms.shape[-1]
         grid = grid_coords((resolution, resolution), device=run.device)[None]
         image, std = slice_and_std(on_cpu(adapted.predict(grid, PointMap())), resolution)
-        sinogram, angles = as_sinogram(batch.context.values, n_det)[0, 0], batch.extras["context_angles"][0]
         baseline = fbp(sinogram, angles, output_size=resolution)
         top = float(sinogram.abs().max())
         hint = f"the sinogram's values (up to {top:.3g}) are far from the run's training data; rescale with "

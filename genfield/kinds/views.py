@@ -135,7 +135,6 @@ class ViewsKind(KindSpec):
         layout = ViewLayout(len(views), *scene.image_size)
         context = Observations(scene_rays(scene, views, split.clip_to_cube), colours, layout)
         extras = {
-            "image_size": test.image_size,
             "context_views": views,
             "rendered_views": targets,
             "clip_to_cube": split.clip_to_cube,
@@ -144,7 +143,7 @@ class ViewsKind(KindSpec):
             "context_c2w": scene.c2w[views][None],
             "target_c2w": test.c2w[targets][None],
         }
-        metadata = [{"name": path.name, "scene": test}]
+        metadata = [{"name": path.name, "scene": test}]  # the rendered views' cameras and size
         return SignalBatch("views", split.renderer, context, context, metadata, extras=extras)
 
     def write_outputs(
@@ -156,7 +155,7 @@ class ViewsKind(KindSpec):
         from genfield.viz.figures import image_grid, save_image
 
         test, targets = batch.metadata[0]["scene"], batch.extras["rendered_views"]
-        height, width = batch.extras["image_size"]
+        height, width = test.image_size
         means, stds = [], []
         for k in progress(options, "views", "view", items=targets):  # one view at a time bounds the memory
             rays = scene_rays(test, [k], batch.extras["clip_to_cube"]).to(run.device)
@@ -194,7 +193,7 @@ class ViewsKind(KindSpec):
         from genfield.viz.figures import save_image
 
         test, targets = batch.metadata[0]["scene"], batch.extras["rendered_views"]
-        height, width = batch.extras["image_size"]
+        height, width = test.image_size
         views = rearrange(prediction.mean.detach().cpu(), "1 (v h w) c -> v h w c", h=height, w=width)
         for k, view in zip(targets, views.clamp(0, 1), strict=True):
             save_image(out / f"view_{k:03d}.png", view)
@@ -219,7 +218,10 @@ class ViewsKind(KindSpec):
     ) -> list[Path]:
         from genfield.viz.figures import image_grid
 
-        height, width = batch.extras["image_size"]
+        layout = batch.target.layout
+        if not isinstance(layout, ViewLayout):
+            raise InputError(f"views figures need whole target views (a ViewLayout), got {layout}")
+        height, width = layout.image_size
 
         def views(values: torch.Tensor) -> torch.Tensor:
             return rearrange(values, "s (v h w) c -> (s v) h w c", h=height, w=width)
