@@ -71,7 +71,14 @@ from genfield.meta.ibaml_config import (  # noqa: F401 - the option sets, re-exp
     IBaMLConfig,
 )
 from genfield.meta.ibaml_gradient import curvature_operator, ibaml_gradient
-from genfield.meta.ibaml_inner import fixed_point_transform, mean_preconditioner, mean_rates
+from genfield.meta.ibaml_inner import (  # noqa: F401 - ADAM_*, logvar_fixed_point_step: their former home
+    ADAM_BETAS,
+    ADAM_EPS,
+    fixed_point_transform,
+    logvar_fixed_point_step,
+    mean_preconditioner,
+    mean_rates,
+)
 from genfield.meta.ibaml_predictive import posterior_predictive
 from genfield.meta.implicit import Operator
 from genfield.meta.inner import inner_loop
