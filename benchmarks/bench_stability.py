@@ -27,7 +27,7 @@ from genfield.builders import build_data, build_field_for, build_method
 from genfield.comparison import load_group
 from genfield.datasets.sampling import StepBatches
 from genfield.evaluation import evaluate
-from genfield.training import TrainConfig, train
+from genfield.training import TrainConfig, TrainingDiverged, train
 
 DATA_OVERRIDES = {"ct_phantoms": {"resolution": 24, "n_context_angles": 12, "n_samples": 16}}
 
@@ -57,11 +57,13 @@ def run_one(
         }
     )
     began = time.perf_counter()
+    metric, adapt = ("iou" if bundle.kind == "shape" else "psnr"), int(budget["tto_steps"])
     with tempfile.TemporaryDirectory() as out:
-        result = train(method, batches, config, out)
+        try:
+            result = train(method, batches, config, out)
+        except TrainingDiverged as error:  # a row that says so, not a lost run
+            return {"metric": metric, "adapt_steps": adapt, "score": None, "diverged": str(error)}
     seconds = time.perf_counter() - began
-    metric = "iou" if bundle.kind == "shape" else "psnr"
-    adapt = int(budget["tto_steps"])
     scores = {k: evaluate(method, test, steps=k).summary()[metric] for k in (0, adapt)}
     losses = [row["loss"] for row in result.history if "loss" in row]
     return {
@@ -94,6 +96,9 @@ def main() -> None:
     parser.add_argument("--long-only", action="store_true", help="only the 10 N run (ablations)")
     args = parser.parse_args()
 
+    def score(run: dict[str, Any]) -> str:
+        return "diverged" if run["score"] is None else f"{run['score']:.2f}"
+
     def parse(pairs: list[str]) -> dict[str, Any]:
         return {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in pairs)}
 
@@ -104,11 +109,12 @@ def main() -> None:
             long = run_one(data, name, 10 * args.steps, overrides, options)
             short = long if args.long_only else run_one(data, name, args.steps, overrides, options)
             row = {"data": data, "method": name, "N": args.steps, "at_N": short, "at_10N": long}
-            row["stable"] = long["score"] >= short["score"]
+            diverged = long["score"] is None or short["score"] is None
+            row["stable"] = not diverged and long["score"] >= short["score"]
             rows.append(row)
             print(
-                f"{data} {name}: {short['metric']} {short['score']:.2f} at N={args.steps}, "
-                f"{long['score']:.2f} at 10N ({'stable' if row['stable'] else 'WORSE'})",
+                f"{data} {name}: {short['metric']} {score(short)} at N={args.steps}, "
+                f"{score(long)} at 10N ({'stable' if row['stable'] else 'WORSE'})",
                 flush=True,
             )
     settings = {"train_overrides": overrides, "method_options": options, "eval_signals": 10, "seed": 0}
@@ -119,8 +125,8 @@ def main() -> None:
         short, long = row["at_N"], row["at_10N"]
         print(
             f"| {row['data']} | {row['method']} | {short['metric']} (after {short['adapt_steps']} steps) "
-            f"| {row['N']} | {short['score']:.2f} | {long['score']:.2f} | {'yes' if row['stable'] else 'no'} "
-            f"| {long['max_grad_norm']:.3g} |"
+            f"| {row['N']} | {score(short)} | {score(long)} | {'yes' if row['stable'] else 'no'} "
+            f"| {long.get('max_grad_norm', float('nan')):.3g} |"
         )
 
 

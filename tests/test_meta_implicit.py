@@ -229,6 +229,7 @@ def test_ibaml_posterior_is_a_container_with_the_priors_keys_and_tree_ops_see_bo
         ("curvature", "newton", "unknown curvature 'newton'; valid names: gauss_newton, hessian"),
         ("inner_optimizer", "lbfgs", "unknown inner_optimizer 'lbfgs'; valid names: adam, sgd"),
         ("inner_gradient", "numeric", "unknown inner_gradient 'numeric'; valid names: autograd, closed_form"),
+        ("mean_step_cap", "yes", "mean_step_cap='yes': need true or false"),
     ],
 )
 def test_a_bad_ibaml_option_is_one_input_error_naming_it_and_its_valid_range(option, value, message):

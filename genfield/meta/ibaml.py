@@ -78,6 +78,8 @@ from genfield.meta.ibaml_inner import (  # noqa: F401 - ADAM_*, logvar_fixed_poi
     logvar_fixed_point_step,
     mean_preconditioner,
     mean_rates,
+    mean_step_cap,
+    nll_curvature_along,
 )
 from genfield.meta.ibaml_predictive import posterior_predictive
 from genfield.meta.implicit import Operator
@@ -135,6 +137,7 @@ class IBaML(MetaLearner):
         self.cg_tol = config.cg_tol
         self.lr_scale_logvar, self.lr_scale_obs_noise = config.lr_scale_logvar, config.lr_scale_obs_noise
         self.antithetic = config.antithetic
+        self.mean_step_cap = config.mean_step_cap
 
     # -- parameters -----------------------------------------------------------------------------
     def meta_parameters(self) -> dict[str, nn.Parameter]:
@@ -295,7 +298,9 @@ class IBaML(MetaLearner):
         descent on the exact expectation ``E_q[NLL]`` that cannot overfit one set of draws.
         ``create_graph=True`` keeps the trajectory differentiable in the prior: the *explicit*
         (backprop-through-K) Bayesian meta-gradient, for comparison with the implicit one.
-        ``shard`` places fresh draws in a distributed meta-batch (:meth:`draw_noise`).
+        ``shard`` places fresh draws in a distributed meta-batch (:meth:`draw_noise`). With
+        ``mean_step_cap`` every step on ``mu`` is cut at the Gauss-Newton minimiser along it, under
+        the noise of that step's gradient (:func:`~genfield.meta.ibaml_inner.mean_step_cap`).
         """
         S = context.num_signals
         if init is None:
@@ -308,13 +313,26 @@ class IBaML(MetaLearner):
         if noise is None and self.noise_seed is not None:  # every seeded draw is this one: draw it once
             noise = self.draw_noise(S, shard=shard)
 
+        drawn: dict[str, Tree] = {}  # this step's noise: its gradient's, and its step cap's
+
+        def step_noise() -> Tree:
+            drawn["eps"] = self.draw_noise(S, shard=shard) if noise is None else noise
+            return drawn["eps"]
+
         def objective(v: Posterior) -> torch.Tensor:
-            eps = self.draw_noise(S, shard=shard) if noise is None else noise
-            return self.free_energy(v, eps, context, forward_map, not create_graph).sum()
+            return self.free_energy(v, step_noise(), context, forward_map, not create_graph).sum()
 
         def gradient(v: Posterior) -> Posterior:
-            eps = self.draw_noise(S, shard=shard) if noise is None else noise
-            return self.free_energy_gradient(v, eps, context, forward_map)
+            return self.free_energy_gradient(v, step_noise(), context, forward_map)
+
+        limit_step = None
+        if self.mean_step_cap:
+            limit_step = mean_step_cap(
+                lambda v, u: nll_curvature_along(
+                    self, v, drawn["eps"], u, context, forward_map, create_graph
+                ),
+                logvar,
+            )
 
         if self.logvar_step == "optimizer":
             rates = Posterior(rates_mu, {k: self.inner_lr_logvar for k in init.rho})
@@ -331,6 +349,7 @@ class IBaML(MetaLearner):
             objective, init, steps, rates, optimizer, create_graph=create_graph,
             precondition=precondition,
             gradient=gradient if self.inner_gradient == "closed_form" and not create_graph else None,
+            limit_step=limit_step,
         )
 
     def _inner_noise(self, noise: Tree) -> Tree | None:

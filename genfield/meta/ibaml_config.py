@@ -69,7 +69,9 @@ class IBaMLConfig:
     ``optimizer``: ``rho`` stepped like ``mu``), ``inner_gradient`` (``closed_form``: the
     first-order inner steps take :meth:`~genfield.meta.ibaml.IBaML.free_energy_gradient`;
     ``autograd``: the same numbers by autograd of the free energy, the reference it is checked and
-    timed against; a differentiable inner loop always uses autograd).
+    timed against; a differentiable inner loop always uses autograd), ``mean_step_cap`` (cut each
+    step on ``mu`` at the minimiser of the Gauss-Newton model of ``F`` along it: a diagonal Newton
+    step overshoots where the curvature has strong off-diagonal terms, e.g. SIREN occupancy).
     """
 
     prior_std: float = 0.0125
@@ -95,6 +97,7 @@ class IBaMLConfig:
     noise_gradient: str = "direct"
     logvar_step: str = "fixed_point"
     inner_gradient: str = "closed_form"
+    mean_step_cap: bool = True
 
     def __post_init__(self) -> None:
         for name, valid in CHOICES.items():
@@ -104,6 +107,8 @@ class IBaMLConfig:
             value = getattr(self, name)
             if not (value >= low if closed else value > low):
                 raise InputError(f"{name}={value}: need a value {'>=' if closed else '>'} {low}")
+        if not isinstance(self.mean_step_cap, bool):
+            raise InputError(f"mean_step_cap={self.mean_step_cap!r}: need true or false")
         lr = self.inner_lr_logvar
         if lr is not None and self.logvar_step == "fixed_point" and not 0 < lr < 2:
             raise InputError(

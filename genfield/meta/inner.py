@@ -17,7 +17,9 @@ Li et al. 2017: ``phi <- phi - alpha (.) grad``, ``alpha`` learned by the outer 
 (iBaML's variance-preconditioned steps); it changes the path, not the stationary points. An
 optional ``gradient(params) -> grads`` replaces autograd of ``objective`` in first-order loops, for
 objectives whose gradient is cheaper in closed form around one autograd call (iBaML's free energy:
-the KL and the reparameterisation have analytic derivatives).
+the KL and the reparameterisation have analytic derivatives). An optional
+``limit_step(params, grads, update) -> update`` shortens the update ``lr * direction`` once it is
+known (iBaML's cap of the mean's step at the minimiser of a Gauss-Newton model along it).
 
 Non-finite values. An optional :class:`InnerHealth` accumulates, on the device, one flag per signal:
 "every gradient and iterate of this signal stayed finite". Nothing is read back inside the loop; the
@@ -99,6 +101,7 @@ def inner_loop(
     precondition: Callable[[Params, Params], Params] | None = None,
     health: InnerHealth | None = None,
     gradient: Callable[[Params], Params] | None = None,
+    limit_step: Callable[[Params, Params, Params], Params] | None = None,
 ) -> Params:
     """Minimise ``objective`` (a scalar: the sum over signals) for ``steps`` steps from ``init``.
 
@@ -109,7 +112,8 @@ def inner_loop(
     tensors are differentiable functions of ``init`` and of tensor learning rates (backprop through
     K). ``health`` (optional) accumulates per-signal finiteness of every step's gradients and of the
     final iterate. ``gradient`` (first order only) returns ``grad objective`` at detached ``params``,
-    a tree of their structure.
+    a tree of their structure. ``limit_step`` gets the raw gradient and the update each step is
+    about to subtract, and returns the update taken.
     """
     if gradient is not None and create_graph:
         raise ValueError("inner_loop: a closed-form gradient cannot be backpropagated through")
@@ -131,6 +135,7 @@ def inner_loop(
         if health is not None:
             health.record(grads)
         with torch.set_grad_enabled(create_graph):
+            raw = grads
             if precondition is not None:
                 grads = precondition(params, grads)
             if optimizer == "adam":
@@ -138,7 +143,10 @@ def inner_loop(
                 second = tree_map(lambda v, g: betas[1] * v + (1 - betas[1]) * g**2, second, grads)
                 c1, c2 = 1 - betas[0] ** step, 1 - betas[1] ** step
                 grads = tree_map(lambda m, v, c1=c1, c2=c2: (m / c1) / ((v / c2).sqrt() + eps), first, second)
-            params = tree_map(lambda p, r, g: p - r * g, params, rates, grads)
+            update = tree_map(lambda r, g: r * g, rates, grads)
+            if limit_step is not None:
+                update = limit_step(params, raw, update)
+            params = tree_map(lambda p, u: p - u, params, update)
     if health is not None:
         health.record(params)
     return params if create_graph else tree_map(torch.Tensor.detach, params)
