@@ -30,19 +30,16 @@ Run ``python -m benchmarks.bench_ibaml_cost [--quick] [--steps K]``; writes
 from __future__ import annotations
 
 import argparse
-import functools
 import warnings
-from unittest import mock
 
 import torch
 
-import genfield.meta.implicit as implicit_module
 from benchmarks._machine import interleaved_seconds, save_results
 from genfield.datasets.builtin import builtin_faces
 from genfield.datasets.images import ImageSplit
 from genfield.fields import build_field
 from genfield.meta import MetaStepSkipped, build_meta_learner
-from genfield.meta.cg import conjugate_gradient, gauss_newton_hvp
+from genfield.meta.cg import gauss_newton_hvp
 from genfield.meta.likelihood import gaussian_nll
 from genfield.meta.tree import leaves, tree_leaves, tree_map
 from genfield.profiling import measure
@@ -135,18 +132,20 @@ def inner_step(learner, batch, v, reps: int) -> dict:
     }
 
 
-def cg_early_exit(implicit_run, reps: int) -> dict:
-    """The implicit gradient at 20 CG iterations with CG's ``early_exit`` (the default: stop once
-    every residual is below tol) against the full count, interleaved; the most CG iterations a
-    signal needed."""
-    full = functools.partial(conjugate_gradient, early_exit=False)
+def cg_early_exit(learner, implicit_run, reps: int) -> dict:
+    """The implicit gradient at 20 CG iterations with CG's early exit (``cg_early_exit``, the
+    default: stop once every residual is below tol) against the full count, interleaved; the most
+    CG iterations a signal needed."""
 
-    def without():
-        with mock.patch.object(implicit_module, "conjugate_gradient", full):
+    def run(early_exit: bool):
+        def timed():
+            learner.cg_early_exit = early_exit
             return implicit_run()
 
-    timed = interleaved_seconds({"early_exit": implicit_run, "full_count": without}, reps)
-    used = implicit_run()[1].get("cg_iterations")
+        return timed
+
+    timed = interleaved_seconds({"early_exit": run(True), "full_count": run(False)}, reps)
+    used = run(True)()[1].get("cg_iterations")
     return {
         "seconds": timed,
         "early_exit_over_full_count": timed["early_exit"] / timed["full_count"],
@@ -187,7 +186,7 @@ def breakdown(learner, batch, reps: int) -> dict:
         },
         reps,
     )
-    out["cg_early_exit"] = cg_early_exit(implicit_at(20), reps)
+    out["cg_early_exit"] = cg_early_exit(learner, implicit_at(20), reps)
     learner.cg_iterations = cg_default
     out["seconds"] = timed
     out["inner_step"] = inner_step(learner, batch, v, reps)

@@ -230,6 +230,7 @@ def test_ibaml_posterior_is_a_container_with_the_priors_keys_and_tree_ops_see_bo
         ("inner_optimizer", "lbfgs", "unknown inner_optimizer 'lbfgs'; valid names: adam, sgd"),
         ("inner_gradient", "numeric", "unknown inner_gradient 'numeric'; valid names: autograd, closed_form"),
         ("mean_step_cap", "yes", "mean_step_cap='yes': need true or false"),
+        ("cg_early_exit", 1, "cg_early_exit=1: need true or false"),
     ],
 )
 def test_a_bad_ibaml_option_is_one_input_error_naming_it_and_its_valid_range(option, value, message):
@@ -263,3 +264,33 @@ def test_a_checkpoint_of_the_previous_format_loads_with_its_optimizer_state(name
     assert all(optimizer.state[p]["step"] == 1 for p in params)  # every parameter's Adam moments
     grads = learner.meta_gradient(tiny_batch(2))
     assert set(grads) == set(learner.meta_parameters())
+
+
+def test_ibaml_cg_early_exit_option_reaches_the_solve_and_keeps_the_gradient(monkeypatch):
+    """``cg_early_exit=False`` runs every CG iteration (one curvature product each, plus the final
+    residual's); the default stops once all residuals are below ``cg_tol``, with the same gradient."""
+    import genfield.meta.ibaml_gradient as ibaml_gradient
+
+    products = []
+    build = ibaml_gradient.gauss_newton_hvp
+
+    def counting(*args, **kwargs):
+        hvp = build(*args, **kwargs)
+        return lambda p: (products.append(1), hvp(p))[1]
+
+    monkeypatch.setattr(ibaml_gradient, "gauss_newton_hvp", counting)
+    batch = tiny_batch(2)
+    results = {}
+    for early in (True, False):
+        learner = build_meta_learner(
+            "ibaml", tiny_field(), inner_steps=3, noise_seed=0, cg_iterations=30, cg_tol=0.3,
+            cg_early_exit=early,
+        )
+        products.clear()
+        torch.manual_seed(0)
+        results[early] = learner._outer_and_gradient(batch), len(products)
+    ((early_grads, metrics), early_count), ((full_grads, _), full_count) = results[True], results[False]
+    assert int(metrics["cg_iterations"]) < 30
+    assert full_count == 30 + 1 and early_count == int(metrics["cg_iterations"]) + 1
+    for k in full_grads:
+        torch.testing.assert_close(early_grads[k], full_grads[k])

@@ -134,7 +134,7 @@ class IBaML(MetaLearner):
         self.mc_samples, self.noise_seed = config.mc_samples, config.noise_seed
         self.predictive_noise = config.predictive_noise
         self.cg_iterations, self.cg_damping = config.cg_iterations, config.cg_damping
-        self.cg_tol = config.cg_tol
+        self.cg_tol, self.cg_early_exit = config.cg_tol, config.cg_early_exit
         self.lr_scale_logvar, self.lr_scale_obs_noise = config.lr_scale_logvar, config.lr_scale_obs_noise
         self.antithetic = config.antithetic
         self.mean_step_cap = config.mean_step_cap

@@ -57,7 +57,8 @@ class IBaMLConfig:
 
     ``prior_std`` (initial prior standard deviation), ``inner_lr_logvar`` (inner learning rate of
     ``rho``; ``None``: ``inner_lr``), ``mc_samples``, ``obs_noise`` (sigma), ``learn_obs_noise``,
-    ``cg_iterations``, ``cg_damping``, ``cg_tol``, ``curvature`` (``hessian`` or
+    ``cg_iterations``, ``cg_damping``, ``cg_tol``, ``cg_early_exit`` (stop CG once every residual is
+    below ``cg_tol``; ``false``: the full count with no host read), ``curvature`` (``hessian`` or
     ``gauss_newton``), ``noise_seed`` (draw the Monte-Carlo noise from this seed at every
     meta-step: common random numbers across calls, for tests), ``predictive_noise`` (add sigma^2
     to predictive variances), ``inner_noise`` (``fresh`` or ``fixed``), ``precondition``
@@ -82,6 +83,7 @@ class IBaMLConfig:
     cg_iterations: int = 20
     cg_damping: float = 0.0
     cg_tol: float = 0.1
+    cg_early_exit: bool = True
     noise_seed: int | None = None
     predictive_noise: bool = True
     inner_optimizer: str = "sgd"
@@ -107,8 +109,9 @@ class IBaMLConfig:
             value = getattr(self, name)
             if not (value >= low if closed else value > low):
                 raise InputError(f"{name}={value}: need a value {'>=' if closed else '>'} {low}")
-        if not isinstance(self.mean_step_cap, bool):
-            raise InputError(f"mean_step_cap={self.mean_step_cap!r}: need true or false")
+        for name in ("mean_step_cap", "cg_early_exit"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name}={getattr(self, name)!r}: need true or false")
         lr = self.inner_lr_logvar
         if lr is not None and self.logvar_step == "fixed_point" and not 0 < lr < 2:
             raise InputError(

@@ -97,6 +97,7 @@ def ibaml_gradient(
         iterations=learner.cg_iterations,
         damping=learner.cg_damping,
         tol=learner.cg_tol,
+        early_exit=learner.cg_early_exit,
         precondition=True,  # prior variances spanning decades: (P A) ~ I + P H_nll
     )
     metrics = {"loss": outer.detach(), "obs_noise": learner.obs_noise.detach(), **solve.metrics()}

@@ -97,6 +97,7 @@ def implicit_gradient(
     damping: float = 0.0,
     tol: float = 0.1,
     precondition: bool = False,
+    early_exit: bool = True,
 ) -> ImplicitGradient:
     """``dL/dtheta = direct - B^T x`` with ``A x = outer_gradient``; see the module docstring.
 
@@ -104,13 +105,16 @@ def implicit_gradient(
     them (same structure); ``outer_gradient``: ``grad_v L`` there. ``direct``: the outer loss's
     own gradients by argument name (kept as they are for names with no cross term); ``cross``: the
     tensors, by name, whose cross term ``(d stationarity / dw)^T x`` autograd takes (summed over
-    signals); ``closed_form_cross(x)``: ``B^T x`` by name for the other arguments.
+    signals); ``closed_form_cross(x)``: ``B^T x`` by name for the other arguments. ``early_exit``:
+    CG stops once every residual is below ``tol`` (:func:`~genfield.meta.cg.conjugate_gradient`).
     """
     operator = linear_operator(point, stationarity, curvature, diagonal)
     jacobi = None
     if precondition:
         jacobi = tree_map(lambda d, v: 1 / (d.expand_as(v) + damping), diagonal, point)
-    solve = conjugate_gradient(operator, outer_gradient, iterations, damping, tol, preconditioner=jacobi)
+    solve = conjugate_gradient(
+        operator, outer_gradient, iterations, damping, tol, preconditioner=jacobi, early_exit=early_exit
+    )
     gradients = dict(direct or {})
     cross_terms = dict(closed_form_cross(solve.x)) if closed_form_cross is not None else {}
     if cross:
