@@ -12,8 +12,10 @@ checkpoints every 250 steps on 64 validation glyphs is kept.
 
     OMP_NUM_THREADS=2 python -m benchmarks.bench_gp_residual --steps 2000
 
-Writes ``benchmarks/results/bench_gp_residual.json``. Not a genfield method yet: a finding that says
-where the next learned route should start.
+Writes ``benchmarks/results/bench_gp_residual.json``. The method that grew from it is
+:mod:`genfield.processes.prior_residual` (``method=prior_residual``: trained through genfield's
+trainer on the whole collection, with a variance, on images and CT); this probe stays as the
+record of the finding.
 """
 
 from __future__ import annotations

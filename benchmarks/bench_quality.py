@@ -108,7 +108,7 @@ QUICK_BUDGET = {
     "tto_steps": 2,
     "random_init_steps": [10, 100],
 }
-METHODS = ["maml", "reptile", "ibaml", "ponp", "random_init"]
+METHODS = ["maml", "reptile", "ibaml", "ponp", "prior_residual", "random_init"]
 
 
 def select_cells(names: Sequence[str] | None) -> list[str]:
@@ -150,7 +150,13 @@ def coverage_of(prediction, batch, level: float = 0.9) -> float | None:
     )
 
 
-def run_cell(cell: str, budget: Mapping[str, Any], methods: Sequence[str], seed: int) -> dict[str, Any]:
+def run_cell(
+    cell: str,
+    budget: Mapping[str, Any],
+    methods: Sequence[str],
+    seed: int,
+    method_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Run one cell's comparison, one method at a time (a method whose training diverges is recorded
     under ``failed`` and the others still run); its rows with coverage and seconds per meta-step."""
     spec = CELLS[cell]
@@ -171,7 +177,15 @@ def run_cell(cell: str, budget: Mapping[str, Any], methods: Sequence[str], seed:
         try:
             with tempfile.TemporaryDirectory() as out:
                 found = comparison.run_comparison(
-                    [data_cfg], [method], "siren", budget, out, seed, "cpu", progress=False
+                    [data_cfg],
+                    [method],
+                    "siren",
+                    budget,
+                    out,
+                    seed,
+                    "cpu",
+                    method_overrides=method_overrides,
+                    progress=False,
                 )
         except Exception as error:  # noqa: BLE001 - a diverged method is a result, reported in the table
             failed[method] = f"{type(error).__name__}: {error}"
@@ -309,7 +323,21 @@ def main() -> None:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="budget entries, e.g. batch_size=8"
     )
+    parser.add_argument(
+        "--options",
+        nargs="*",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="method options, e.g. prior_residual.score=ground_truth",
+    )
     args = parser.parse_args()
+    method_overrides: dict[str, dict[str, Any]] = {}
+    for item in args.options:
+        dotted, _, value = item.partition("=")
+        method, _, key = dotted.partition(".")
+        if not key or not value:
+            raise SystemExit(f"bench_quality: --options {item!r}: expected METHOD.KEY=VALUE")
+        method_overrides.setdefault(method, {"options": {}})["options"][key] = yaml.safe_load(value)
     budget = dict(QUICK_BUDGET) if args.quick else load_group("budget", args.budget)
     for item in args.set:
         key, _, value = item.partition("=")
@@ -323,9 +351,11 @@ def main() -> None:
     cells = []
     for cell in select_cells(args.kinds):
         print(f"{cell} ...", flush=True)
-        cells.append(run_cell(cell, budget, args.methods, args.seed))
+        cells.append(run_cell(cell, budget, args.methods, args.seed, method_overrides))
         cells[-1]["verdict"] = judge(cells[-1]["rows"], CELLS[cell]["target"])
-        save_results(tag, {"budget": budget, "methods": args.methods, "cells": cells})  # after every cell
+        save_results(
+            tag, {"budget": budget, "methods": args.methods, "options": method_overrides, "cells": cells}
+        )  # after every cell
         text = quality_markdown(cells, title)
         (RESULTS / f"{tag}.md").write_text(text)
     print(text)

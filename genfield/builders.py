@@ -12,6 +12,8 @@ those signatures. A run config stored before configs named their classes builds 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -107,16 +109,26 @@ def build_method(
 
     A target is called with the field; a neural-process target (``route: process``, a builder of
     named presets such as :func:`genfield.processes.build_process`) with the method's name, the
-    field and the data kind. ``bundle`` is a :class:`DataBundle` or a mapping ``{kind, head,
-    in_dim}`` (see :func:`build_field_for`).
+    field and the data kind, and, if it takes a ``collection`` keyword (a prior fitted to the
+    training signals, :func:`genfield.processes.build_prior_residual`), with ``bundle.train`` when
+    ``bundle`` is a :class:`DataBundle` (rebuilt from a checkpoint, it gets none). ``bundle`` is a
+    :class:`DataBundle` or a mapping ``{kind, head, in_dim}`` (see :func:`build_field_for`).
     """
     name, route = str(cfg.get("name")), str(cfg.get("route", "meta"))
     kind = resolved_data(bundle)["kind"]
     target, fixed = method_target(cfg)
     options = {**fixed, **options_for_kind(cfg.get("options") or {}, kind, f"method {name!r}")}
     if route == "process":
-        return partial_target(target, options, "method._target_", positional=3)(name, field, kind)
+        build = partial_target(target, options, "method._target_", positional=3)
+        if isinstance(bundle, DataBundle) and takes_collection(build.func):
+            build = functools.partial(build, collection=bundle.train)  # a prior fitted on the collection
+        return build(name, field, kind)
     return partial_target(target, options, "method._target_")(field)
+
+
+def takes_collection(target: Any) -> bool:
+    """Whether a method target takes the training collection (a ``collection`` keyword)."""
+    return "collection" in inspect.signature(target).parameters
 
 
 def with_targets(config: Mapping[str, Any]) -> dict[str, Any]:

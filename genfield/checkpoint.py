@@ -120,11 +120,14 @@ def load_checkpoint(
     """Load a checkpoint into ``model`` (and ``optimizer``); return its metadata.
 
     A checkpoint whose weights do not match the model (another architecture or config) is an
-    :class:`~genfield.errors.InputError` naming the keys that differ.
+    :class:`~genfield.errors.InputError` naming the keys that differ. A model with ``adopt_shapes``
+    first sizes its data-fitted buffers as the checkpoint holds them.
     """
     meta = read_checkpoint_metadata(path)
     tensors = load_file(str(path))
     weights = {k[len(_MODEL) :]: v for k, v in tensors.items() if k.startswith(_MODEL)}
+    if hasattr(model, "adopt_shapes"):  # buffers sized by the data they were fitted on (a prior)
+        model.adopt_shapes(weights)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)

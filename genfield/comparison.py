@@ -31,12 +31,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import OmegaConf
 
-from genfield.builders import build_data, build_field_for, build_method
+from genfield.builders import build_data, build_field_for, build_method, method_target
 from genfield.datasets.sampling import StepBatches
 from genfield.errors import InputError
 from genfield.evaluation import evaluate
 from genfield.kinds import KindSpec, get_kind
 from genfield.profiling import measure
+from genfield.targets import built_class, locate
 from genfield.training import TrainConfig, resolve_device, train
 
 if TYPE_CHECKING:
@@ -120,6 +121,10 @@ def run_comparison(
                 predictions[baseline.name] = prediction
         for method_name in methods:
             method_cfg = load_group("method", method_name, method_overrides.get(method_name))
+            applies = built_class(locate(method_target(method_cfg)[0], "method._target_")).kinds
+            if applies is not None and bundle.kind not in applies:
+                print(f"{method_name} skipped on {data_name}: it applies to {', '.join(applies)} data only")
+                continue
             torch.manual_seed(seed)
             method = build_method(method_cfg, build_field_for(field_cfg, bundle), bundle).to(torch_device)
             batches = StepBatches(bundle.train, bundle.train_split, bundle.batch_size, seed)

@@ -101,6 +101,8 @@ class Reconstructor(nn.Module, ABC):
     #: Whether training on a collection changes the method (``False``: nothing is learned across
     #: signals, so a comparison spends no meta-steps on it).
     learns_from_collection: bool = True
+    #: The data kinds the method applies to (``None``: every kind); a comparison skips the others.
+    kinds: tuple[str, ...] | None = None
 
     def settings(self, budget: Mapping[str, Any]) -> list[tuple[str, int | None]]:
         """The ``(label, steps)`` at which a comparison evaluates the method under ``budget`` (a

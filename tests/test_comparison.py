@@ -47,13 +47,13 @@ def test_verdict_states_a_linear_learned_prior_apart_from_the_classical_baseline
     assert verdict(rows).endswith("ponp is ahead by 0.18 dB.")
 
 
-def test_compare_on_shapes_writes_each_methods_mesh(tmp_path):
+def test_compare_on_shapes_writes_each_methods_mesh(tmp_path, capsys):
     from genfield.comparison import load_group, run_comparison
 
     budget = {**load_group("budget", "tiny"), "random_init_steps": 2}
     rows = run_comparison(
         ["shapes"],
-        ["fomaml"],
+        ["fomaml", "prior_residual"],
         "siren",
         budget,
         tmp_path,
@@ -63,5 +63,29 @@ def test_compare_on_shapes_writes_each_methods_mesh(tmp_path):
         progress=False,
     )
     assert {r.route for r in rows} == {"classical", "meta"}
+    assert "prior_residual skipped on shapes: it applies to image, ct data only" in capsys.readouterr().out
     written = {p.name for p in (tmp_path / "shapes").iterdir()}
     assert {"mesh_fomaml.ply", "mesh_fomaml.png"} <= written or "mesh_fomaml.txt" in written
+
+
+def test_compare_trains_the_prior_residual_from_the_gaussian_prior_of_the_same_collection(tmp_path):
+    from genfield.comparison import load_group, run_comparison
+
+    budget = {**load_group("budget", "tiny"), "meta_steps": 3, "random_init_steps": [2]}
+    rows = run_comparison(
+        ["glyphs"],
+        ["prior_residual"],
+        "siren",
+        budget,
+        tmp_path,
+        device="cpu",
+        data_overrides={"glyphs": {"n_signals": 96, "size": 12}},
+        method_overrides={"prior_residual": {"options": {"channels": [8, 16]}}},
+        progress=False,
+    )
+    value = {r.method: r.value for r in rows}
+    learned = next(r for r in rows if r.method == "prior_residual")
+    assert learned.route == "process" and learned.setting == "one pass"
+    # three steps from a zero-initialised residual: the method is still the baseline's prior
+    assert abs(value["prior_residual"] - value["gaussian-prior"]) < 0.3
+    assert value["prior_residual"] > value["mean"]

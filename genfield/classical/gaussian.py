@@ -28,6 +28,7 @@ predictions are pixels of the slice, not projections, and carry the posterior va
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -73,16 +74,84 @@ def shrunk_covariance(
     return mean, shrunk, coefficient
 
 
-def image_operator(batch: SignalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel selection ``A (S, Nc C, d)`` and the context ``y (S, Nc C)`` of an image batch."""
-    index = batch.extras.get("context_index")
-    if index is None:
-        raise InputError("image batch has no extras['context_index']: the context pixels are unknown")
+@dataclass
+class Selection:
+    """A linear map that samples values: row ``n`` of signal ``s`` reads ``x[index[s, n]]`` (one 1 per
+    row of ``A``). It is what a point map at pixel centres is, held as indices so that ``Sigma A^T``
+    and ``A Sigma A^T`` are gathers instead of products with a dense ``(S, N, d)`` matrix."""
+
+    index: torch.Tensor  # (S, N) flat value indices into x (d,)
+    dim: int
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x``: ``x (d,)`` -> ``(S, N)``; ``x (V, d)`` (shared by the signals) -> ``(S, V, N)``."""
+        return x[self.index] if x.ndim == 1 else rearrange(x[:, self.index], "v s n -> s v n")
+
+    def cross(self, cov: torch.Tensor) -> torch.Tensor:
+        """``Sigma A^T`` ``(S, d, N)``."""
+        return rearrange(cov[:, self.index], "d s n -> s d n")
+
+    def gram(self, cov: torch.Tensor) -> torch.Tensor:
+        """``A Sigma A^T`` ``(S, N, N)``."""
+        return cov[self.index[:, :, None], self.index[:, None, :]]
+
+    def dense(self) -> torch.Tensor:
+        """``A`` as a dense 0/1 matrix ``(S, N, d)`` (float64)."""
+        out = torch.zeros(*self.index.shape, self.dim, dtype=torch.float64, device=self.index.device)
+        return out.scatter_(2, self.index[..., None], 1.0)
+
+
+@dataclass
+class Dense:
+    """A linear map held as its matrix ``A (S, N, d)`` (CT: genfield's projector)."""
+
+    matrix: torch.Tensor
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 1:
+            return self.matrix @ x
+        return torch.einsum("snd,vd->svn", self.matrix, x)
+
+    def cross(self, cov: torch.Tensor) -> torch.Tensor:
+        return cov @ self.matrix.transpose(-1, -2)
+
+    def gram(self, cov: torch.Tensor) -> torch.Tensor:
+        return self.matrix @ self.cross(cov)
+
+    def dense(self) -> torch.Tensor:
+        return self.matrix
+
+
+def as_operator(operator: Selection | Dense | torch.Tensor) -> Selection | Dense:
+    """A :class:`Selection` or :class:`Dense` as it is; a tensor ``(S, N, d)`` as :class:`Dense`."""
+    return operator if isinstance(operator, Selection | Dense) else Dense(operator)
+
+
+def pixel_selection(queries: torch.Tensor, shape: tuple[int, int, int]) -> Selection:
+    """The :class:`Selection` of point queries ``(S, N, 2)`` at the pixel centres of ``H x W x C``
+    images (:mod:`genfield.fields.coords`), every channel of each pixel, in ``(pixel, channel)``
+    order; a query off every centre raises :class:`InputError` (it is not one pixel's value)."""
+    height, width, channels = shape
+    sides = torch.tensor([height, width], dtype=torch.float64, device=queries.device)
+    position = ((queries.detach().double() + 1) * sides - 1) / 2  # pixel units; centres are integers
+    pixel = position.round()
+    off = (position - pixel).abs() > 1e-3
+    if bool((off | (pixel < 0) | (pixel >= sides)).any()):
+        raise InputError(
+            f"context queries are not at the pixel centres of a {height}x{width} image: a linear prior "
+            "over its pixels observes pixel values"
+        )
+    flat = (pixel[..., 0] * width + pixel[..., 1]).long()
+    index = repeat(flat * channels, "s n -> s (n c)", c=channels) + torch.arange(
+        channels, device=flat.device
+    ).repeat(flat.shape[1])
+    return Selection(index, height * width * channels)
+
+
+def image_operator(batch: SignalBatch) -> tuple[Selection, torch.Tensor]:
+    """Pixel selection ``A`` of an image batch's context and the context ``y (S, Nc C)``."""
     n_signals, height, width, channels = batch.ground_truth.shape
-    rows = repeat(index.cpu() * channels, "s n -> s (n c)", c=channels)
-    rows = rows + torch.arange(channels).repeat(index.shape[1])
-    operator = torch.zeros(n_signals, rows.shape[1], height * width * channels, dtype=torch.float64)
-    operator.scatter_(2, rows[..., None], 1.0)
+    operator = pixel_selection(batch.context.queries.cpu(), (height, width, channels))
     values = rearrange(batch.context.values.detach().cpu().double(), "s n c -> s (n c)")
     return operator, values
 
@@ -106,7 +175,7 @@ def linear_operator(forward_map: Any, queries: torch.Tensor, size: tuple[int, in
     return rearrange(torch.cat(columns), "d n -> n d")
 
 
-def ct_operator(batch: SignalBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def ct_operator(batch: SignalBatch) -> tuple[Dense, torch.Tensor]:
     """Projection matrices ``A (S, N, d)`` (one per distinct geometry) and the context ``y (S, N)``."""
     *size, channels = image_shape(batch)
     if channels != 1:
@@ -118,11 +187,11 @@ def ct_operator(batch: SignalBatch) -> tuple[torch.Tensor, torch.Tensor]:
         if key not in cache:
             cache[key] = linear_operator(batch.forward_map, queries, size)
         operators.append(cache[key])
-    return torch.stack(operators), batch.context.values.detach().cpu().double()[..., 0]
+    return Dense(torch.stack(operators)), batch.context.values.detach().cpu().double()[..., 0]
 
 
 def noise_by_marginal_likelihood(
-    operator: torch.Tensor,
+    operator: Selection | Dense | torch.Tensor,
     mean: torch.Tensor,
     cov: torch.Tensor,
     validation: torch.Tensor,
@@ -130,26 +199,27 @@ def noise_by_marginal_likelihood(
 ) -> torch.Tensor:
     """Per signal, the grid's ``sigma^2`` maximising ``sum_v log N(A x_v; A mu, A Sigma A^T + sigma^2 I)``.
 
-    ``operator (S, N, d)``, ``validation (V, d)``. One eigendecomposition of ``A Sigma A^T`` per
-    signal serves every grid value: ``log det = sum log(l + sigma^2)``, the quadratic form is
-    ``sum (U^T r)^2 / (l + sigma^2)``.
+    ``operator`` ``A`` (:func:`as_operator`, ``S`` signals, ``N`` observations), ``validation (V, d)``.
+    One eigendecomposition of ``A Sigma A^T`` per signal serves every grid value:
+    ``log det = sum log(l + sigma^2)``, the quadratic form is ``sum (U^T r)^2 / (l + sigma^2)``.
     """
-    prior = operator @ cov @ operator.transpose(-1, -2)  # (S, N, N)
+    operator = as_operator(operator)
+    prior = operator.gram(cov)  # (S, N, N)
     eigenvalues, vectors = torch.linalg.eigh(prior)
-    residual = torch.einsum("snd,vd->svn", operator, validation - mean)
+    residual = operator.observe(validation - mean)  # (S, V, N)
     projected = torch.einsum("snm,svn->svm", vectors, residual).square()  # (S, V, N)
     scale = prior.diagonal(dim1=-2, dim2=-1).mean(-1)  # (S,)
     noise = scale[:, None] * 10.0 ** torch.tensor(grid, dtype=scale.dtype)  # (S, G)
     spectrum = eigenvalues.clamp_min(0)[:, None, :] + noise[..., None]  # (S, G, N)
     logdet = spectrum.log().sum(-1)
     quadratic = torch.einsum("svn,sgn->sg", projected, 1.0 / spectrum)
-    n_val, n_obs = validation.shape[0], operator.shape[1]
+    n_val, n_obs = validation.shape[0], prior.shape[1]
     loglik = -0.5 * (quadratic + n_val * logdet + n_val * n_obs * math.log(2 * math.pi))
     return noise.gather(1, loglik.argmax(1, keepdim=True))[:, 0]
 
 
 def gaussian_posterior(
-    operator: torch.Tensor,
+    operator: Selection | Dense | torch.Tensor,
     values: torch.Tensor,
     mean: torch.Tensor,
     cov: torch.Tensor,
@@ -157,13 +227,15 @@ def gaussian_posterior(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean ``(S, d)`` and marginal variance ``(S, d)`` of ``x`` given ``y = A x + e``.
 
-    ``operator (S, N, d)``, ``values (S, N)``, ``noise (S,)`` the variance of ``e``. Cholesky of
-    ``K = A Sigma A^T + sigma^2 I``, batched over signals.
+    ``operator`` ``A`` (:func:`as_operator`), ``values (S, N)``, ``noise (S,)`` the variance of ``e``.
+    Cholesky of ``K = A Sigma A^T + sigma^2 I``, batched over signals.
     """
-    cross = cov @ operator.transpose(-1, -2)  # Sigma A^T, (S, d, N)
-    gram = operator @ cross + noise[:, None, None] * torch.eye(operator.shape[1], dtype=cov.dtype)
+    operator = as_operator(operator)
+    cross = operator.cross(cov)  # Sigma A^T, (S, d, N)
+    eye = torch.eye(values.shape[1], dtype=cov.dtype, device=cov.device)
+    gram = operator.gram(cov) + noise[:, None, None] * eye
     factor = torch.linalg.cholesky(gram)
-    residual = values - operator @ mean
+    residual = values - operator.observe(mean)
     weights = torch.cholesky_solve(residual[..., None], factor)[..., 0]  # K^{-1} (y - A mu)
     posterior_mean = mean + (cross @ weights[..., None])[..., 0]
     whitened = torch.linalg.solve_triangular(factor, cross.transpose(-1, -2), upper=False)  # L^{-1} A Sigma
@@ -222,8 +294,8 @@ class GaussianPrior:
         self.mean, self.cov, self.coefficient = shrunk_covariance(flat[: len(flat) - n_val], self.shrinkage)
         return self
 
-    def observation_operator(self, batch: SignalBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The linear forward map ``A (S, N, d)`` of the batch's context and its values ``(S, N)``."""
+    def observation_operator(self, batch: SignalBatch) -> tuple[Selection | Dense, torch.Tensor]:
+        """The linear forward map ``A`` of the batch's context and its values ``(S, N)``."""
         require_kind(self.name, batch, ("image", "ct"))
         return image_operator(batch) if batch.kind == "image" else ct_operator(batch)
 

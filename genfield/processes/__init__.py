@@ -11,6 +11,9 @@ adjoint), :mod:`~genfield.processes.likelihoods` (scores in observation space, t
 map), :mod:`~genfield.processes.objectives` (NLL, ELBO, ML), :mod:`~genfield.processes.subsampling`
 and :mod:`~genfield.processes.refinement` (test-time optimisation). :mod:`~genfield.processes.config`
 holds the options and presets, :mod:`~genfield.processes.parts` builds the parts from them.
+
+``build_prior_residual(name, field, kind, collection=train)`` is the amortised method of
+:mod:`~genfield.processes.prior_residual`: the linear Gaussian prior's posterior plus a learned residual.
 """
 
 from genfield.processes.local import LOCAL_FEATURES, BackProjectionFeatures
@@ -22,6 +25,7 @@ from genfield.processes.models import (
     ProcessConfig,
     build_process,
 )
+from genfield.processes.prior_residual import PriorResidual, build_prior_residual
 
 __all__ = [
     "KIND_PRESETS",
@@ -30,6 +34,8 @@ __all__ = [
     "PRESETS",
     "BackProjectionFeatures",
     "NeuralProcess",
+    "PriorResidual",
     "ProcessConfig",
+    "build_prior_residual",
     "build_process",
 ]

@@ -53,6 +53,11 @@ class UNet(nn.Module):
         self.out = nn.Conv2d(channels[0], out_channels, 1)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(grid))
+
+    def features(self, grid: torch.Tensor) -> torch.Tensor:
+        """The last block's features ``(S, channels[0], H, W)``, before the output convolution (for
+        further heads on the same trunk)."""
         height, width = grid.shape[-2:]
         multiple = 2**self.levels
         pad_h, pad_w = -height % multiple, -width % multiple
@@ -66,4 +71,4 @@ class UNet(nn.Module):
         for block, skip in zip(self.up, reversed(skips[:-1])):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = block(torch.cat([x, skip], dim=1))
-        return self.out(x)[..., :height, :width]
+        return x[..., :height, :width]
