@@ -109,6 +109,15 @@ def test_empty_list_writes_no_baseline(image_run, photo, tmp_path):
     assert (tmp_path / "reconstruction.png").is_file()
 
 
+def test_the_figure_draws_the_baselines_beside_the_method(image_run, photo, tmp_path, image_out):
+    alone = reconstruct(options(image_run, photo, "context_fraction=0.25", "baselines=[]"), tmp_path)
+    with_baselines, out = image_out
+    narrow, wide = (png(Path(m["figure"][0])) for m in (alone, with_baselines))
+    assert narrow.shape[0] == wide.shape[0]
+    # biharmonic adds reconstruction and error columns, the mean too, gaussian-prior also its std
+    assert wide.shape[1] > 2 * narrow.shape[1]
+
+
 def test_unknown_or_other_kind_names_exit_2_before_the_input_is_read(image_run, tmp_path):
     missing_input = tmp_path / "never_read.png"  # the baseline check comes first
     result = run_cli(
@@ -194,6 +203,8 @@ def test_ct_sart_and_fbp_files_and_scores(ct_run, slice_png, tmp_path):
         png(tmp_path / "baselines" / "fbp" / "reconstruction.png"), png(tmp_path / "fbp.png")
     )
     assert metrics["baselines"]["fbp"]["psnr"] == pytest.approx(metrics["psnr_fbp"], abs=1e-4)
+    assert metrics["figure"] == str(tmp_path / "reconstructions.png")  # the slice beside SART's and FBP's
+    assert png(tmp_path / "reconstructions.png").shape[1] > png(tmp_path / "ct.png").shape[1] / 2
 
 
 def test_ct_sinogram_without_truth_writes_baselines_without_scores(ct_run, tmp_path):

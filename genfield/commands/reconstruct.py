@@ -97,7 +97,8 @@ def reconstruct(cfg: Mapping[str, Any], out_dir: str | Path, overrides: Sequence
     try:
         batch = spec.read_input(path, given, run, cfg)
         baselines = prepare_baselines(run, spec, batch, cfg)  # before any file is written
-        results = spec.write_outputs(out, batch, adapt(run, batch, cfg), run, cfg)
+        references = {b.name: prediction for b, prediction in baselines}
+        results = spec.write_outputs(out, batch, adapt(run, batch, cfg), run, cfg, references)
     except InputError:
         if not existed:
             discard_if_empty(out)

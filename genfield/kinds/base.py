@@ -142,10 +142,18 @@ class KindSpec:
         raise NotImplementedError(f"kind {self.name!r} reads no reconstruct input")
 
     def write_outputs(
-        self, out: Path, batch: SignalBatch, adapted: Adapted, run: Any, options: Mapping[str, Any]
+        self,
+        out: Path,
+        batch: SignalBatch,
+        adapted: Adapted,
+        run: Any,
+        options: Mapping[str, Any],
+        references: Mapping[str, Prediction] | None = None,
     ) -> dict[str, Any]:
         """Predict from ``adapted`` (the method conditioned once on ``batch.context``), write the
-        kind's files into ``out`` and return its metrics for ``metrics.json``."""
+        kind's files into ``out`` and return its metrics for ``metrics.json``. ``references``, the
+        classical baselines' predictions of the same input, are drawn beside the method where the
+        kind's figure has a column for them (images, CT slices)."""
         raise NotImplementedError(f"kind {self.name!r} writes no reconstruct output")
 
     def write_baseline(

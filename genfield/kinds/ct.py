@@ -116,9 +116,16 @@ class CTKind(KindSpec):
         )
 
     def write_outputs(
-        self, out: Path, batch: SignalBatch, adapted: Adapted, run: Any, options: Mapping[str, Any]
+        self,
+        out: Path,
+        batch: SignalBatch,
+        adapted: Adapted,
+        run: Any,
+        options: Mapping[str, Any],
+        references: Mapping[str, Prediction] | None = None,
     ) -> dict[str, Any]:
-        """The slice and its FBP (PNGs and the CT panel); PSNR and SSIM of both where the slice is known."""
+        """The slice and its FBP (PNGs and the CT panel); PSNR and SSIM of both where the slice is
+        known; with ``references``, ``reconstructions.png``: the slice beside theirs (where it is known)."""
         from genfield.classical.ct import context_sinograms
         from genfield.forward.ct import fbp
         from genfield.metrics import psnr, ssim
@@ -151,6 +158,15 @@ class CTKind(KindSpec):
                 **dict(zip(("ssim", "ssim_fbp"), ssim(slices, reference).tolist(), strict=True)),
             )
         ct_figure(out / "ct.png", sinogram, baseline, image, truth, std, angles, data_range=1.0)
+        if references and truth is not None:
+            from genfield.viz.figures import image_grid
+
+            truths = batch.ground_truth
+            slices = {name: prediction_images(p, truths) for name, p in references.items()}
+            stds = {name: prediction_images(p, truths, std=True) for name, p in references.items()}
+            slices[run.name] = image[None, ..., None]
+            stds[run.name] = None if std is None else std[None, ..., None]
+            metrics["figure"] = str(image_grid(out / "reconstructions.png", truths, None, slices, stds))
         return metrics
 
     def write_baseline(

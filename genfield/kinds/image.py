@@ -159,15 +159,22 @@ class ImageKind(KindSpec):
         return batch
 
     def write_outputs(
-        self, out: Path, batch: SignalBatch, adapted: Adapted, run: Any, options: Mapping[str, Any]
+        self,
+        out: Path,
+        batch: SignalBatch,
+        adapted: Adapted,
+        run: Any,
+        options: Mapping[str, Any],
+        references: Mapping[str, Prediction] | None = None,
     ) -> dict[str, Any]:
-        """``reconstruction.png``, ``std.png`` (where the method has one), the image grid; PSNR, SSIM."""
+        """``reconstruction.png``, ``std.png`` (where the method has one), the image grid with the
+        ``references`` beside the method; PSNR, SSIM."""
         queries, query_map = self.dense_queries(batch)
         prediction = on_cpu(adapted.predict(queries.to(run.device), query_map))
         truth = batch.ground_truth
         std_max = save_pixels(out, prediction, truth)
         scores = self.score(prediction.mean, batch)
-        figures = self.write_figures(out, batch, {run.name: prediction})
+        figures = self.write_figures(out, batch, {**(references or {}), run.name: prediction})
         return {
             "psnr": float(scores["psnr"][0]),
             "ssim": float(scores["ssim"][0]),

@@ -209,7 +209,13 @@ class ShapeKind(KindSpec):
         return SignalBatch("shape", PointMap(), observed, observed, [{"name": path.name}], extras=extras)
 
     def write_outputs(
-        self, out: Path, batch: SignalBatch, adapted: Adapted, run: Any, options: Mapping[str, Any]
+        self,
+        out: Path,
+        batch: SignalBatch,
+        adapted: Adapted,
+        run: Any,
+        options: Mapping[str, Any],
+        references: Mapping[str, Prediction] | None = None,  # in out/baselines/, not in this figure
     ) -> dict[str, Any]:
         """``mesh.ply`` and ``mesh.png`` of the predictive mean; IoU on the labelled targets and the
         Chamfer distance to a mesh input, or to the input points."""

@@ -147,7 +147,13 @@ class ViewsKind(KindSpec):
         return SignalBatch("views", split.renderer, context, context, metadata, extras=extras)
 
     def write_outputs(
-        self, out: Path, batch: SignalBatch, adapted: Adapted, run: Any, options: Mapping[str, Any]
+        self,
+        out: Path,
+        batch: SignalBatch,
+        adapted: Adapted,
+        run: Any,
+        options: Mapping[str, Any],
+        references: Mapping[str, Prediction] | None = None,  # in out/baselines/, not in this figure
     ) -> dict[str, Any]:
         """Each rendered view (``view_<k>.png``, ``std_<k>.png``) from the one adapted state, the
         grid of them beside the truth; PSNR per view."""
