@@ -18,6 +18,8 @@ from genfield.datasets.ct import PhantomDataset
 from genfield.datasets.images import ImageSignal
 from genfield.errors import InputError
 from genfield.fields.field import FieldConfig
+from genfield.forward.ct import project_image
+from genfield.kinds import get_kind
 from genfield.processes import PriorResidual
 from genfield.processes.prior_residual import build_prior_residual
 
@@ -63,19 +65,14 @@ def test_untrained_it_is_the_gaussian_prior_on_ct():
     batch = ct_batch(7, 3, signals=2)
     method = method_for("ct", 1, train, noise=1e-3, min_std=0.0)
     reference = GaussianPrior(noise=1e-3).fit(train).reconstruct(batch)
-    pixels = batch.extras.get("pixel_queries")
-    from genfield.kinds import get_kind
-
     queries, query_map = get_kind("ct").dense_queries(batch)
-    assert pixels is None or pixels.shape == queries.shape
     prediction = method.reconstruct(batch.context, batch.forward_map, queries, query_map)
     torch.testing.assert_close(prediction.mean, reference.mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(prediction.variance, reference.variance, rtol=1e-5, atol=1e-7)
+    assert prediction.noise_variance is None  # slice pixels, not new observations
     # through the projector instead: the posterior mean's projections
     projected = method.reconstruct(batch.context, batch.forward_map, batch.target.queries, batch.forward_map)
     slices = reference.mean.reshape(2, 7, 7, 1)
-    from genfield.forward.ct import project_image
-
     expected = project_image(slices, batch.target.queries, batch.forward_map.n_samples)
     torch.testing.assert_close(projected.mean, expected, rtol=1e-4, atol=1e-5)
 
@@ -198,8 +195,6 @@ def test_scoring_on_the_ground_truth_is_the_squared_error_of_the_slice():
     method = method_for("ct", 1, train, noise=1e-3, score="ground_truth")
     torch.nn.init.normal_(method.unet.out.weight, std=0.1)
     metrics = method.compute_gradients(batch)
-    from genfield.kinds import get_kind
-
     queries, query_map = get_kind("ct").dense_queries(batch)
     slices = method.reconstruct(batch.context, batch.forward_map, queries, query_map).mean
     expected = (slices - batch.ground_truth.reshape(slices.shape)).square().mean()

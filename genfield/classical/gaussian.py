@@ -175,19 +175,32 @@ def linear_operator(forward_map: Any, queries: torch.Tensor, size: tuple[int, in
     return rearrange(torch.cat(columns), "d n -> n d")
 
 
+def projection_matrices(
+    forward_map: Any,
+    queries: torch.Tensor,
+    size: tuple[int, int],
+    cache: dict[bytes, torch.Tensor] | None = None,
+) -> Dense:
+    """The matrices of ``forward_map`` at each signal's queries ``(S, N, q)`` over ``size`` pixel
+    images, one :func:`linear_operator` per distinct geometry (``cache``, keyed by the queries'
+    bytes, carries them across calls)."""
+    cache = {} if cache is None else cache
+    matrices = []
+    for q in queries.detach().cpu():
+        key = q.numpy().tobytes()
+        if key not in cache:
+            cache[key] = linear_operator(forward_map, q, size)
+        matrices.append(cache[key])
+    return Dense(torch.stack(matrices))
+
+
 def ct_operator(batch: SignalBatch) -> tuple[Dense, torch.Tensor]:
     """Projection matrices ``A (S, N, d)`` (one per distinct geometry) and the context ``y (S, N)``."""
     *size, channels = image_shape(batch)
     if channels != 1:
         raise InputError(f"CT slices must have one channel, got {channels}")
-    cache: dict[bytes, torch.Tensor] = {}
-    operators = []
-    for queries in batch.context.queries.detach().cpu():
-        key = queries.numpy().tobytes()
-        if key not in cache:
-            cache[key] = linear_operator(batch.forward_map, queries, size)
-        operators.append(cache[key])
-    return Dense(torch.stack(operators)), batch.context.values.detach().cpu().double()[..., 0]
+    operator = projection_matrices(batch.forward_map, batch.context.queries, tuple(size))
+    return operator, batch.context.values.detach().cpu().double()[..., 0]
 
 
 def noise_by_marginal_likelihood(
@@ -241,6 +254,23 @@ def gaussian_posterior(
     whitened = torch.linalg.solve_triangular(factor, cross.transpose(-1, -2), upper=False)  # L^{-1} A Sigma
     variance = cov.diagonal() - whitened.square().sum(-2)
     return posterior_mean, variance.clamp_min(0)
+
+
+def condition(
+    operator: Selection | Dense | torch.Tensor,
+    values: torch.Tensor,
+    mean: torch.Tensor,
+    cov: torch.Tensor,
+    validation: torch.Tensor,
+    noise: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The posterior mean and variance ``(S, d)`` of :func:`gaussian_posterior` and the noise
+    variance ``(S,)``: ``noise`` if given, else chosen by :func:`noise_by_marginal_likelihood`."""
+    if noise is None:
+        sigma2 = noise_by_marginal_likelihood(operator, mean, cov, validation)
+    else:
+        sigma2 = torch.full((values.shape[0],), float(noise), dtype=cov.dtype, device=cov.device)
+    return (*gaussian_posterior(operator, values, mean, cov, sigma2), sigma2)
 
 
 class GaussianPrior:
@@ -311,11 +341,7 @@ class GaussianPrior:
                 f"gaussian-prior was fitted on images {self.shape}, the batch has {image_shape(batch)}"
             )
         operator, values = self.observation_operator(batch)
-        if self.noise is None:
-            noise = noise_by_marginal_likelihood(operator, self.mean, self.cov, self.validation)
-        else:
-            noise = torch.full((batch.num_signals,), float(self.noise), dtype=torch.float64)
-        mean, variance = gaussian_posterior(operator, values, self.mean, self.cov, noise)
+        mean, variance, noise = condition(operator, values, self.mean, self.cov, self.validation, self.noise)
         height, width, channels = self.shape
         like = batch.context.values
 

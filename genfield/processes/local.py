@@ -197,20 +197,31 @@ class SetConvFeatures(nn.Module):
                 f"set-convolution local features need 2-d point queries, got {context.queries.shape[-1]}-d"
             )
         r = self.resolution
-        ones = torch.ones_like(context.values[..., :1])
-        grid = forward_map.adjoint(torch.cat([context.values, ones], dim=-1), context.queries, (r, r))
-        density = grid[..., -1:]
-        # a weighted mean of nearby context values; shrunk to 0 where the density is below 0.01 (no
-        # evidence: rounding leaves ~1e-7 of a pixel-centre value on the neighbouring cell)
-        values = grid[..., :-1] / density.clamp_min(0.01)
-        parts = [values, density]
+        grid = splat_with_density(context, forward_map, (r, r))
+        parts = [normalised(grid, 0.01), grid[..., -1:]]
         for scale in self.scales:
             smooth = gaussian_blur(grid, scale)
-            parts += [smooth[..., :-1] / smooth[..., -1:].clamp_min(1e-3), smooth[..., -1:]]
+            parts += [normalised(smooth, 1e-3), smooth[..., -1:]]
         if self.coordinates:
             coords = grid_coords((r, r), device=grid.device, dtype=grid.dtype).reshape(1, r, r, 2)
             parts.append(coords.expand(grid.shape[0], -1, -1, -1))
         return torch.cat(parts, dim=-1)
+
+
+def splat_with_density(
+    context: Observations, forward_map: ForwardMap, shape: tuple[int, int]
+) -> torch.Tensor:
+    """``[P^T y, P^T 1]`` ``(S, *shape, c + 1)``: the adjoint of the context values and of ones (the
+    density, last channel)."""
+    ones = torch.ones_like(context.values[..., :1])
+    return forward_map.adjoint(torch.cat([context.values, ones], dim=-1), context.queries, shape)
+
+
+def normalised(grid: torch.Tensor, floor: float) -> torch.Tensor:
+    """``P^T y / P^T 1`` of a :func:`splat_with_density` grid: a weighted mean of nearby context values,
+    shrunk to 0 where the density is below ``floor`` (no evidence: rounding leaves ~1e-7 of a
+    pixel-centre value on the neighbouring cell)."""
+    return grid[..., :-1] / grid[..., -1:].clamp_min(floor)
 
 
 def gaussian_blur(grid: torch.Tensor, scale: float) -> torch.Tensor:

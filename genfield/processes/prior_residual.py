@@ -46,10 +46,9 @@ from genfield.classical.gaussian import (
     Dense,
     GaussianPrior,
     Selection,
-    gaussian_posterior,
-    linear_operator,
-    noise_by_marginal_likelihood,
+    condition,
     pixel_selection,
+    projection_matrices,
 )
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError, unknown_name
@@ -58,6 +57,7 @@ from genfield.fields.heads import head_channels
 from genfield.forward import ForwardMap
 from genfield.forward.grid import grid_field
 from genfield.interface import Adapted, Prediction, Reconstructor
+from genfield.processes.local import normalised, splat_with_density
 from genfield.processes.subsampling import subsample_context
 from genfield.processes.unet import UNet
 
@@ -149,7 +149,13 @@ class PriorResidual(Reconstructor):
         for conv in (self.unet.out, self.scale_head):  # before training: exactly the linear prior
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
-        self.prior = GaussianPrior(shrinkage, noise, validation_fraction, max_dim)
+        self.prior_options = {
+            "shrinkage": shrinkage,
+            "noise": noise,
+            "validation_fraction": validation_fraction,
+            "max_dim": max_dim,
+        }
+        GaussianPrior(**self.prior_options)  # its options are checked now, not at the first fit
         for name in PRIOR_BUFFERS:
             self.register_buffer(
                 name, torch.zeros(0, dtype=torch.long if name == "prior_shape" else torch.float64)
@@ -161,7 +167,7 @@ class PriorResidual(Reconstructor):
     # -- the prior ------------------------------------------------------------------------------
     def fit_prior(self, collection: Any) -> None:
         """Fit the Gaussian prior on ``collection`` and keep it in the buffers."""
-        prior = self.prior.fit(collection)
+        prior = GaussianPrior(**self.prior_options).fit(collection)  # its tensors live in the buffers
         if prior.shape[-1] != self.signal_channels:
             raise InputError(
                 f"prior_residual: the training images have {prior.shape[-1]} channels, the field's head "
@@ -190,69 +196,58 @@ class PriorResidual(Reconstructor):
     def operator(self, context: Observations, context_map: ForwardMap) -> Selection | Dense:
         """The context's linear map over the pixel grid (pixel selection, or CT projection matrices)."""
         height, width, channels = self.shape
+        device = self.prior_cov.device
         if self.kind == "image":
-            return pixel_selection(
-                context.queries.detach().to(self.prior_cov.device), (height, width, channels)
-            )
-        matrices = []
-        for q in context.queries.detach().cpu():
-            key = q.numpy().tobytes()
-            if key not in self._operators:
-                if len(self._operators) > 64:  # training contexts draw new angles at every step
-                    self._operators.clear()
-                self._operators[key] = linear_operator(context_map, q, (height, width))
-            matrices.append(self._operators[key])
-        return Dense(torch.stack(matrices).to(self.prior_cov.device))
+            return pixel_selection(context.queries.detach().to(device), (height, width, channels))
+        if len(self._operators) > 64:  # training contexts draw new angles at every step
+            self._operators.clear()
+        matrices = projection_matrices(context_map, context.queries, (height, width), self._operators)
+        return Dense(matrices.matrix.to(device))
 
     @torch.no_grad()
     def posterior(self, context: Observations, context_map: ForwardMap) -> tuple[torch.Tensor, ...]:
-        """The prior's posterior mean and variance and the noise of a new pixel, each ``(S, C, H, W)``
-        in the context's dtype (CT: no noise, zeros)."""
+        """The prior's posterior mean and variance and the noise of a new pixel (images; ``None`` for
+        CT), each ``(S, C, H, W)`` in the context's dtype."""
         height, width, channels = self.shape
-        operator = self.operator(context, context_map)
         values = rearrange(context.values.detach().to(self.prior_cov), "s n c -> s (n c)")
-        if self.prior_noise.numel():
-            noise = self.prior_noise.expand(context.num_signals)
-        else:
-            noise = noise_by_marginal_likelihood(
-                operator, self.prior_mean, self.prior_cov, self.prior_validation
-            )
-        mean, variance = gaussian_posterior(operator, values, self.prior_mean, self.prior_cov, noise)
-        pixel_noise = (
-            noise[:, None].expand_as(variance) if self.kind == "image" else torch.zeros_like(variance)
+        fixed = float(self.prior_noise) if self.prior_noise.numel() else None
+        mean, variance, noise = condition(
+            self.operator(context, context_map),
+            values,
+            self.prior_mean,
+            self.prior_cov,
+            self.prior_validation,
+            fixed,
         )
         like = context.values
-        return tuple(
-            rearrange(x, "s (h w c) -> s c h w", h=height, w=width).to(device=like.device, dtype=like.dtype)
-            for x in (mean, variance, pixel_noise)
-        )
+
+        def grid(x: torch.Tensor) -> torch.Tensor:
+            x = rearrange(x, "s (h w c) -> s c h w", h=height, w=width)
+            return x.to(device=like.device, dtype=like.dtype)
+
+        noise = grid(noise[:, None].expand_as(variance)) if self.kind == "image" else None
+        return grid(mean), grid(variance), noise
 
     # -- the network ----------------------------------------------------------------------------
     def grids(self, context: Observations, context_map: ForwardMap) -> tuple[torch.Tensor, ...]:
-        """The predicted mean, variance and noise part of the variance, each ``(S, H, W, C)``."""
+        """The predicted mean, variance and noise part of the variance (images; ``None`` for CT),
+        each ``(S, H, W, C)``."""
         if context.num_signals == 0 or context.num_observations == 0:
             raise InputError(f"context is empty: shape {tuple(context.queries.shape)}")
         context_map.validate_queries(context.queries, "context")
         mean, variance, noise = self.posterior(context, context_map)
         inputs = [mean, (variance + 1e-12).sqrt()]
         if self.kind == "image":
-            height, width = mean.shape[-2:]
-            ones = torch.ones_like(context.values[..., :1])
-            splat = context_map.adjoint(
-                torch.cat([context.values, ones], -1), context.queries, (height, width)
-            )
-            density = splat[..., -1:]
-            inputs += [
-                rearrange(
-                    torch.cat([splat[..., :-1] / density.clamp_min(0.01), density], -1), "s h w c -> s c h w"
-                )
-            ]
+            splat = splat_with_density(context, context_map, tuple(mean.shape[-2:]))
+            evidence = torch.cat([normalised(splat, 0.01), splat[..., -1:]], -1)
+            inputs.append(rearrange(evidence, "s h w c -> s c h w"))
         features = self.unet.features(torch.cat(inputs, dim=1))
         log_scale = self.scale_head(features.detach())  # the variance does not steer the trunk
         scale = torch.exp(log_scale.clamp(-self.max_log_scale, self.max_log_scale))
         residual = self.unet.out(features)
-        grids = (mean + residual, (variance + noise) * scale + self.min_var, noise * scale)
-        return tuple(rearrange(g, "s c h w -> s h w c") for g in grids)
+        total = (variance if noise is None else variance + noise) * scale + self.min_var
+        grids = (mean + residual, total, None if noise is None else noise * scale)
+        return tuple(None if g is None else rearrange(g, "s c h w -> s h w c") for g in grids)
 
     def observe(
         self, grids: tuple[torch.Tensor, ...], queries: torch.Tensor, query_map: ForwardMap, variance: bool
@@ -263,8 +258,10 @@ class PriorResidual(Reconstructor):
         if not variance:
             return Prediction(mean=mean)
         total = query_map.propagate_variance(mean_fn, grid_field(grids[1]), queries)
-        noise = query_map.propagate_variance(mean_fn, grid_field(grids[2]), queries)
-        return Prediction(mean=mean, variance=total, noise_variance=noise if self.kind == "image" else None)
+        noise = (
+            None if grids[2] is None else query_map.propagate_variance(mean_fn, grid_field(grids[2]), queries)
+        )
+        return Prediction(mean=mean, variance=total, noise_variance=noise)
 
     # -- training -------------------------------------------------------------------------------
     def compute_gradients(self, batch: SignalBatch) -> dict[str, torch.Tensor]:
