@@ -83,6 +83,10 @@ def test_kind_presets_and_default_tokenizers_come_from_the_specs():
     assert KIND_PRESETS == {
         ("ponp", "ct"): {"local_features": True, "context_subsample": (1, 20)},
         ("ponp", "image"): {"local_features": True},
+        ("ponp", "shape"): {
+            "local_features": True,
+            "local_options": {"resolution": 16, "channels": (16, 32, 64), "scales": (1.0, 2.0)},
+        },
     }
     assert DEFAULT_TOKENIZER == {
         "image": "points",

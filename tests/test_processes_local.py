@@ -66,18 +66,66 @@ def test_set_convolution_evidence_off_the_grid_is_a_weighted_mean_of_nearby_valu
     torch.testing.assert_close(density.sum(), torch.tensor(50.0))  # bilinear weights of inner points sum to 1
 
 
+@pytest.mark.parametrize("shape", [(11, 9), (7, 5, 6)])
 @pytest.mark.parametrize("scale", [0.7, 1.0, 2.5])
-def test_gaussian_blur_matches_scipy_with_zero_padding(scale):
+def test_gaussian_blur_matches_scipy_with_zero_padding(scale, shape):
     ndimage = pytest.importorskip("scipy.ndimage")
     torch.manual_seed(0)
-    grid = torch.rand(2, 11, 9, 3, dtype=torch.float64)
+    grid = torch.rand(2, *shape, 3, dtype=torch.float64)
     ours = gaussian_blur(grid, scale)
     for s in range(2):
         for c in range(3):
-            reference = ndimage.gaussian_filter(
-                grid[s, :, :, c].numpy(), scale, mode="constant", truncate=3.0
-            )
-            torch.testing.assert_close(ours[s, :, :, c], torch.from_numpy(reference), atol=1e-10, rtol=0)
+            reference = ndimage.gaussian_filter(grid[s, ..., c].numpy(), scale, mode="constant", truncate=3.0)
+            torch.testing.assert_close(ours[s, ..., c], torch.from_numpy(reference), atol=1e-10, rtol=0)
+
+
+def test_unet_in_3d_keeps_any_grid_side_and_rejects_the_wrong_dimension():
+    torch.manual_seed(0)
+    net = UNet(2, 3, (4, 8), dims=3)
+    for shape in ((5, 6, 7), (8, 8, 8)):
+        out = net(torch.randn(2, 2, *shape))
+        assert out.shape == (2, 3, *shape) and torch.isfinite(out).all()
+    grid = torch.zeros(1, 2, 8, 8, 8)
+    bumped = grid.clone()
+    bumped[0, :, 4, 4, 4] = 1.0
+    moved = (net(bumped) - net(grid)).abs().sum(1)[0]
+    assert moved[4, 4, 7] > 0 and moved[1, 4, 4] > 0  # beyond one 3x3x3 neighbourhood
+    with pytest.raises(InputError, match="3-D grids"):
+        net(torch.randn(1, 2, 8, 8))
+    with pytest.raises(InputError, match="dims=4"):
+        UNet(2, 3, (4,), dims=4)
+
+
+def test_set_convolution_in_3d_is_the_context_on_its_cells():
+    """Points at the centres of a 4^3 grid: values and density by index; a 2-d context is refused."""
+    torch.manual_seed(0)
+    side = 4
+    coords = grid_coords((side,) * 3)
+    index = torch.randperm(side**3)[:9]
+    values = torch.rand(1, 9, 1)
+    features = SetConvFeatures(1, 5, resolution=side, channels=(4, 8), scales=(1.0,), dims=3)
+    evidence = features.evidence(Observations(coords[index][None], values), PointMap())
+    assert evidence.shape == (1, side, side, side, 2 * 2 + 3)
+    flat = evidence.reshape(side**3, -1)
+    expected = torch.zeros(side**3, 2)
+    expected[index, 0], expected[index, 1] = values[0, :, 0], 1.0
+    torch.testing.assert_close(flat[:, :2], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(flat[:, -3:], coords)
+    indicator = expected[:, 1].reshape(1, side, side, side, 1)
+    torch.testing.assert_close(evidence[..., 3], gaussian_blur(indicator, 1.0)[..., 0])
+    assert features(Observations(coords[index][None], values), PointMap()).shape == (1, 5, side, side, side)
+    with pytest.raises(InputError, match="3-d point queries"):
+        features.evidence(Observations(torch.rand(1, 9, 2), values), PointMap())
+
+
+def test_sample_grid_in_3d_reads_the_cell_centres():
+    from genfield.processes.local import sample_grid
+
+    torch.manual_seed(0)
+    grid = torch.randn(2, 3, 4, 5, 6)
+    centres = grid_coords((4, 5, 6))
+    read = sample_grid(grid, centres[None].expand(2, -1, -1))
+    torch.testing.assert_close(read, grid.reshape(2, 3, -1).transpose(1, 2), atol=1e-5, rtol=0)
 
 
 def test_multiscale_evidence_is_a_normalised_convolution_of_the_context():
@@ -137,3 +185,32 @@ def test_image_ponp_reads_local_features_and_rejects_non_linear_maps():
 
 class _NonLinearPoints(PointMap):
     linear = False
+
+
+def test_shape_ponp_reads_a_3d_feature_grid_by_default():
+    """The shape kind's PONP default: set-convolution features over a volume, read per point."""
+    torch.manual_seed(0)
+    fc = field_config("siren", in_dim=3, head="occupancy", hidden=16, n_layers=2)
+    model = build_process(
+        "ponp",
+        fc,
+        "shape",
+        width=16,
+        depth=1,
+        latent_dim=0,
+        local_options={"resolution": 6, "channels": [4, 8]},
+    )
+    assert model.config.local_features and model.local.dims == 3
+    for p in model.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    points = torch.rand(2, 40, 3) * 1.8 - 0.9
+    context = Observations(points[:, :20], (points[:, :20, :1] > 0).float())
+    first = model.reconstruct(context, PointMap(), points, PointMap()).mean
+    flipped = Observations(context.queries, 1.0 - context.values)
+    second = model.reconstruct(flipped, PointMap(), points, PointMap()).mean
+    assert first.shape == (2, 40, 1) and (first - second).abs().max() > 1e-4  # the labels are read
+    # each signal's prediction depends on its own context only
+    swapped = Observations(context.queries.flip(0), context.values.flip(0))
+    torch.testing.assert_close(
+        model.reconstruct(swapped, PointMap(), points.flip(0), PointMap()).mean, first.flip(0)
+    )

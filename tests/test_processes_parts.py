@@ -409,8 +409,10 @@ def test_kind_options_and_local_feature_errors():
     assert model.config.width == 24
     with pytest.raises(InputError, match="by_kind"):
         build_process("cnp", fc, "image", by_kind={"pictures": {}})
-    shape_field = field_config("siren", in_dim=3, head="sdf", hidden=16, n_layers=2)
-    with pytest.raises(InputError, match=r"local_features .* kind 'shape'; available: \['image', 'ct'\]"):
-        build_process("ponp", shape_field, "shape", local_features=True)
+    view_field = field_config("siren", in_dim=3, head="radiance", hidden=16, n_layers=2)
+    with pytest.raises(
+        InputError, match=r"local_features .* kind 'views'; available: \['image', 'ct', 'shape'\]"
+    ):
+        build_process("ponp", view_field, "views", local_features=True)
     with pytest.raises(InputError, match="context_subsample"):
         build_process("ponp", fc, "image", context_subsample=(3, 2))

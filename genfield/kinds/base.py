@@ -265,6 +265,13 @@ def option(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def cache_folder(cfg: Mapping[str, Any], kind: str) -> Path:
+    """Data config ``cfg``'s ``cache_dir``, or the user cache ``~/.cache/genfield/<kind>`` where it is
+    null: samples of built-in data (rendered views, labelled points of shapes) are computed once per
+    machine, not on every access."""
+    return Path(str(option(cfg, "cache_dir", Path.home() / ".cache" / "genfield" / kind)))
+
+
 def given(cfg: Mapping[str, Any], *keys: str, **renamed: str) -> dict[str, Any]:
     """The keyword arguments ``cfg`` sets (not missing, not null): ``keys`` as they are, and
     ``renamed={argument: key}``. What the config leaves out takes the signature's default, so

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from genfield.interface import Adapted, Prediction
 from genfield.kinds.base import (
     DataBundle,
     KindSpec,
+    cache_folder,
     classical,
     given,
     make_bundle,
@@ -152,6 +154,17 @@ class ShapeKind(KindSpec):
     in_dim = 3
     metric = "iou"
     tokenizer = "points"
+    local_features = "set_convolution"
+    #: PONP reads a 16^3 grid of set-convolution features (Convolutional Occupancy Networks' volume
+    #: encoder); a 32^3 grid costs 8x per step
+    process_defaults = MappingProxyType(
+        {
+            "ponp": {
+                "local_features": True,
+                "local_options": {"resolution": 16, "channels": (16, 32, 64), "scales": (1.0, 2.0)},
+            }
+        }
+    )
     #: the mean shape from at most 32 training shapes: its cost is reading them
     baselines = (classical("rbf"), classical("nearest"), classical("mean-shape", max_shapes=32))
     accepts = ("mesh", "points")
@@ -165,7 +178,7 @@ class ShapeKind(KindSpec):
     def build_data(self, cfg: Mapping[str, Any], seed: int) -> DataBundle:
         from genfield.datasets.shapes import MeshFolder
 
-        sampling, cache = sampling_options(cfg), cfg.get("cache_dir")
+        sampling, cache = sampling_options(cfg), cache_folder(cfg, "shapes")
         if cfg["name"] == "shapes":
             from genfield.datasets.builtin.shapes import ProceduralShapes
 

@@ -20,6 +20,7 @@ from genfield.interface import Adapted, Prediction
 from genfield.kinds.base import (
     DataBundle,
     KindSpec,
+    cache_folder,
     classical,
     given,
     make_bundle,
@@ -81,7 +82,7 @@ class ViewsKind(KindSpec):
 
         name = cfg["name"]
         if name == "views":
-            folder = Path(str(option(cfg, "cache_dir", Path.home() / ".cache" / "genfield" / "views")))
+            folder = cache_folder(cfg, "views")
             dataset = builtin_views(
                 folder,
                 n_scenes=int(option(cfg, "n_signals", 16)),

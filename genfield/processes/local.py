@@ -6,8 +6,9 @@ point *projects* into each context view, pooled over views. The measurement-cons
 a linear forward map ``P`` is its adjoint ``P^T``: it takes the context measurements back to the
 field's domain, and evaluated at a point ``x`` it gives the evidence the measurements hold about
 ``f(x)``. Each part here turns a signal's context into a feature *grid* over the field domain
-``(S, width, R, R)``; the decoder reads it at any point by bilinear interpolation
-(:func:`sample_grid`) and is modulated by it per point (:mod:`genfield.processes.models`).
+``(S, width, R, R)`` (``(S, width, R, R, R)`` over a volume); the decoder reads it at any point by
+multilinear interpolation (:func:`sample_grid`) and is modulated by it per point
+(:mod:`genfield.processes.models`).
 
 * :class:`BackProjectionFeatures` (CT): for every view ``a`` and grid point ``x``, the view's raw
   and ramp-filtered profiles back-projected through the forward map's adjoint
@@ -19,12 +20,13 @@ field's domain, and evaluated at a point ``x`` it gives the evidence the measure
   With ``trunk`` (U-Net channels), a U-Net over the pooled grid adds a residual, so each point also
   reads its neighbourhood at several scales: the learned post-processing of FBPConvNet (Jin et al.
   2017) inside the neural process, which removes the streaks a per-point map cannot see.
-* :class:`SetConvFeatures` (images): ConvCNP's set convolution (Gordon et al. 2020) through the point
-  map's adjoint. The adjoint splats the context values and a channel of ones (the *density*) onto the
-  grid; the density-normalised values ``P^T y / P^T 1`` (a weighted mean of nearby context values),
-  the density and the grid's coordinates go through a U-Net (:mod:`genfield.processes.unet`), so each
-  point reads features of its neighbourhood at several scales. A grid field read at the pixel centres
-  is the identity, so at ``resolution`` equal to the image side the input holds the context exactly.
+* :class:`SetConvFeatures` (images, and shapes on a 3-D grid): ConvCNP's set convolution (Gordon
+  et al. 2020) through the point map's adjoint. The adjoint splats the context values and a channel
+  of ones (the *density*) onto the grid; the density-normalised values ``P^T y / P^T 1`` (a weighted
+  mean of nearby context values), the density and the grid's coordinates go through a U-Net
+  (:mod:`genfield.processes.unet`), so each point reads features of its neighbourhood at several
+  scales. A grid field read at the cell centres is the identity, so at ``resolution`` equal to the
+  image side the input holds the context exactly.
 
 ``LOCAL_FEATURES`` names the parts; each kind's spec (:mod:`genfield.kinds`) says which it reads,
 and kinds without one raise :class:`~genfield.errors.InputError` when ``local_features`` is asked for.
@@ -36,7 +38,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 
 from genfield.datasets.batch import Observations
@@ -51,13 +53,14 @@ from genfield.processes.unet import UNet
 
 
 def sample_grid(grid: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Bilinear reads of feature grids ``(B, C, R, R)`` at points ``(B, ..., 2)`` -> ``(B, ..., C)``.
+    """Multilinear reads of feature grids ``(B, C, *shape)`` at points ``(B, ..., d)`` -> ``(B, ..., C)``.
 
-    Points are (row, column) in [-1, 1]^2 with pixel centres as in :mod:`genfield.fields.coords`
-    (:func:`~genfield.forward.grid.grid_field`); beyond the outer centres the features fade to 0 over
+    ``shape`` is ``(R, R)`` with points (row, column) in [-1, 1]^2, or ``(R, R, R)`` with 3-D points
+    in the order of the grid's axes; cell centres as in :mod:`genfield.fields.coords`
+    (:func:`~genfield.forward.grid.grid_field`). Beyond the outer centres the features fade to 0 over
     half a cell.
     """
-    return grid_field(rearrange(grid, "b c h w -> b h w c"))(points)
+    return grid_field(torch.movedim(grid, 1, -1))(points)
 
 
 class BackProjectionFeatures(nn.Module):
@@ -143,13 +146,14 @@ class BackProjectionFeatures(nn.Module):
 
 
 class SetConvFeatures(nn.Module):
-    """Images: a U-Net over the density-normalised adjoint of the context (ConvCNP's set convolution).
+    """Images and shapes: a U-Net over the density-normalised adjoint of the context (ConvCNP's set
+    convolution; in 3-D the volume encoder of Convolutional Occupancy Networks, Peng et al. 2020).
 
     Args:
         value_dim: channels per measurement.
         width: feature width (the U-Net's output channels).
-        resolution: side ``R`` of the feature grid over ``[-1, 1]^2`` (the image side is the natural
-            choice: each pixel then owns one cell).
+        resolution: side ``R`` of the feature grid over ``[-1, 1]^dims`` (for images the image side is
+            the natural choice: each pixel then owns one cell).
         channels: the U-Net's channels per level, finest first.
         coordinates: append the grid's (row, column) coordinates to the U-Net's input (CoordConv), so
             features may depend on position in aligned collections (faces), not on the neighbourhood only.
@@ -168,6 +172,7 @@ class SetConvFeatures(nn.Module):
         channels: tuple[int, ...] = (16, 32, 64),
         coordinates: bool = True,
         scales: tuple[float, ...] = (1.0, 2.0, 4.0),
+        dims: int = 2,
     ) -> None:
         super().__init__()
         if resolution < 2:
@@ -175,41 +180,42 @@ class SetConvFeatures(nn.Module):
         if any(not (float(s) > 0) for s in scales):
             raise InputError(f"process local_options.scales must be > 0 grid cells, got {list(scales)}")
         self.resolution, self.coordinates = int(resolution), bool(coordinates)
-        self.scales = tuple(float(s) for s in scales)
+        self.scales, self.dims = tuple(float(s) for s in scales), int(dims)
         per_scale = value_dim + 1
-        in_channels = per_scale * (1 + len(self.scales)) + (2 if coordinates else 0)
-        self.unet = UNet(in_channels, width, tuple(channels))
+        in_channels = per_scale * (1 + len(self.scales)) + (self.dims if coordinates else 0)
+        self.unet = UNet(in_channels, width, tuple(channels), dims=self.dims)
 
     def forward(self, context: Observations, forward_map: ForwardMap) -> torch.Tensor:
-        """Feature grids ``(S, width, R, R)`` from 2-d point observations."""
-        return self.unet(rearrange(self.evidence(context, forward_map), "s h w c -> s c h w"))
+        """Feature grids ``(S, width, *(R,) * dims)`` from point observations."""
+        return self.unet(torch.movedim(self.evidence(context, forward_map), -1, 1))
 
     def evidence(self, context: Observations, forward_map: ForwardMap) -> torch.Tensor:
-        """The U-Net's input ``(S, R, R, (c + 1)(1 + len(scales)) [+ 2])``: ``P^T y / P^T 1``, ``P^T 1``,
-        the same after each Gaussian of ``scales`` [, coordinates]."""
+        """The U-Net's input ``(S, *(R,) * dims, (c + 1)(1 + len(scales)) [+ dims])``: ``P^T y / P^T 1``,
+        ``P^T 1``, the same after each Gaussian of ``scales`` [, coordinates]."""
         if not forward_map.linear:
             raise InputError(
                 f"local features go through the adjoint of the forward map; the {forward_map.name} "
                 f"forward map is not linear"
             )
-        if context.queries.shape[-1] != 2:
+        if context.queries.shape[-1] != self.dims:
             raise InputError(
-                f"set-convolution local features need 2-d point queries, got {context.queries.shape[-1]}-d"
+                f"set-convolution local features need {self.dims}-d point queries, got "
+                f"{context.queries.shape[-1]}-d"
             )
-        r = self.resolution
-        grid = splat_with_density(context, forward_map, (r, r))
+        shape = (self.resolution,) * self.dims
+        grid = splat_with_density(context, forward_map, shape)
         parts = [normalised(grid, 0.01), grid[..., -1:]]
         for scale in self.scales:
             smooth = gaussian_blur(grid, scale)
             parts += [normalised(smooth, 1e-3), smooth[..., -1:]]
         if self.coordinates:
-            coords = grid_coords((r, r), device=grid.device, dtype=grid.dtype).reshape(1, r, r, 2)
-            parts.append(coords.expand(grid.shape[0], -1, -1, -1))
+            coords = grid_coords(shape, device=grid.device, dtype=grid.dtype).reshape(1, *shape, self.dims)
+            parts.append(coords.expand(grid.shape[0], *shape, self.dims))
         return torch.cat(parts, dim=-1)
 
 
 def splat_with_density(
-    context: Observations, forward_map: ForwardMap, shape: tuple[int, int]
+    context: Observations, forward_map: ForwardMap, shape: tuple[int, ...]
 ) -> torch.Tensor:
     """``[P^T y, P^T 1]`` ``(S, *shape, c + 1)``: the adjoint of the context values and of ones (the
     density, last channel)."""
@@ -225,7 +231,8 @@ def normalised(grid: torch.Tensor, floor: float) -> torch.Tensor:
 
 
 def gaussian_blur(grid: torch.Tensor, scale: float) -> torch.Tensor:
-    """``(S, R, R, C)`` convolved with a normalised Gaussian of standard deviation ``scale`` cells.
+    """``(S, *shape, C)`` (2-D or 3-D) convolved with a normalised Gaussian of standard deviation
+    ``scale`` cells.
 
     Separable, truncated at 3 standard deviations (rounded as SciPy does), zero beyond the grid (a
     normalised convolution divides that loss of mass out again).
@@ -234,13 +241,17 @@ def gaussian_blur(grid: torch.Tensor, scale: float) -> torch.Tensor:
     taps = torch.arange(-radius, radius + 1, dtype=grid.dtype, device=grid.device)
     kernel = torch.exp(-0.5 * (taps / scale) ** 2)
     kernel = kernel / kernel.sum()
-    channels = grid.shape[-1]
-    x = rearrange(grid, "s h w c -> s c h w")
-    rows = repeat(kernel, "k -> c 1 k 1", c=channels)
-    cols = repeat(kernel, "k -> c 1 1 k", c=channels)
-    x = F.conv2d(x, rows, padding=(radius, 0), groups=channels)
-    x = F.conv2d(x, cols, padding=(0, radius), groups=channels)
-    return rearrange(x, "s c h w -> s h w c")
+    channels, dims = grid.shape[-1], grid.dim() - 2
+    conv = {2: F.conv2d, 3: F.conv3d}[dims]
+    x = torch.movedim(grid, -1, 1)  # (S, C, *shape)
+    for axis in range(dims):  # one 1-D pass per axis
+        size = [1] * dims
+        size[axis] = len(kernel)
+        pad = [0] * dims
+        pad[axis] = radius
+        weight = kernel.reshape(1, 1, *size).expand(channels, 1, *size)
+        x = conv(x, weight, padding=tuple(pad), groups=channels)
+    return torch.movedim(x, 1, -1)
 
 
 #: The local-feature parts by name; each kind's spec names its own (``KindSpec.local_features``).
@@ -257,4 +268,6 @@ def build_local_features(kind: str, value_dim: int, width: int, **options) -> nn
         raise InputError(
             f"process local_features has no implementation for kind {kind!r}; available: {having}"
         )
+    if name == "set_convolution":
+        options = {"dims": get_kind(kind).in_dim, **options}
     return LOCAL_FEATURES[name](value_dim, width, **options)

@@ -5,7 +5,9 @@ reads features that summarise its neighbourhood at several scales; on images tha
 is what lets a neural process beat interpolation. This trunk is the U-Net of Ronneberger et al.
 (2015) at a small size: per level two 3x3 convolutions with GroupNorm and SiLU, average-pool down,
 nearest-neighbour up, skip connections by concatenation. Any grid side works (odd sides are padded
-to the next multiple of ``2^levels`` and cropped back).
+to the next multiple of ``2^levels`` and cropped back). Grids are 2-D (images, CT slices) or 3-D
+(``dims=3``: occupancy and signed distance over a volume, as in Convolutional Occupancy Networks,
+Peng et al. 2020), with 3x3 or 3x3x3 kernels.
 """
 
 from __future__ import annotations
@@ -14,61 +16,76 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genfield.errors import InputError
 
-def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+POOL = {2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def _block(in_channels: int, out_channels: int, dims: int) -> nn.Sequential:
     groups = max(1, out_channels // 16)
+    conv = CONV[dims]
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        conv(in_channels, out_channels, 3, padding=1),
         nn.GroupNorm(groups, out_channels),
         nn.SiLU(),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        conv(out_channels, out_channels, 3, padding=1),
         nn.GroupNorm(groups, out_channels),
         nn.SiLU(),
     )
 
 
 class UNet(nn.Module):
-    """``(S, in_channels, H, W) -> (S, out_channels, H, W)``.
+    """``(S, in_channels, *shape) -> (S, out_channels, *shape)``, ``shape`` ``(H, W)`` or ``(D, H, W)``.
 
     Args:
         in_channels: channels of the input grid.
         out_channels: channels of the output grid (a 1x1 convolution after the last block).
         channels: channels per level, finest first; ``len(channels) - 1`` poolings.
+        dims: 2 or 3, the grid's spatial dimensions.
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, channels: tuple[int, ...] = (32, 64, 128)
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: tuple[int, ...] = (32, 64, 128),
+        dims: int = 2,
     ) -> None:
         super().__init__()
+        if dims not in CONV:
+            raise InputError(f"U-Net grids are 2-D or 3-D, got dims={dims}")
         channels = tuple(int(c) for c in channels)
-        self.levels = len(channels) - 1
+        self.levels, self.dims = len(channels) - 1, int(dims)
         self.down = nn.ModuleList()
         previous = in_channels
         for c in channels:
-            self.down.append(_block(previous, c))
+            self.down.append(_block(previous, c, dims))
             previous = c
         self.up = nn.ModuleList(
-            _block(channels[i + 1] + channels[i], channels[i]) for i in reversed(range(self.levels))
+            _block(channels[i + 1] + channels[i], channels[i], dims) for i in reversed(range(self.levels))
         )
-        self.out = nn.Conv2d(channels[0], out_channels, 1)
+        self.out = CONV[dims](channels[0], out_channels, 1)
 
     def forward(self, grid: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(grid))
 
     def features(self, grid: torch.Tensor) -> torch.Tensor:
-        """The last block's features ``(S, channels[0], H, W)``, before the output convolution (for
+        """The last block's features ``(S, channels[0], *shape)``, before the output convolution (for
         further heads on the same trunk)."""
-        height, width = grid.shape[-2:]
+        shape = grid.shape[2:]
+        if len(shape) != self.dims:
+            raise InputError(f"this U-Net takes {self.dims}-D grids, got a grid of shape {tuple(grid.shape)}")
         multiple = 2**self.levels
-        pad_h, pad_w = -height % multiple, -width % multiple
-        x = F.pad(grid, (0, pad_w, 0, pad_h))
+        padding = [p for side in reversed(shape) for p in (0, -side % multiple)]  # last axis first
+        x = F.pad(grid, padding)
         skips = []
         for index, block in enumerate(self.down):
             if index:
-                x = F.avg_pool2d(x, 2)
+                x = POOL[self.dims](x, 2)
             x = block(x)
             skips.append(x)
         for block, skip in zip(self.up, reversed(skips[:-1])):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = block(torch.cat([x, skip], dim=1))
-        return x[..., :height, :width]
+        return x[(..., *(slice(0, side) for side in shape))]
