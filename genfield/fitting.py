@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+import time
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ def fit_from_scratch(
     seed: int = 0,
     params: Params | None = None,
     progress: bool = False,
+    compile: bool | str = "auto",
 ) -> tuple[Params, torch.Tensor]:
     """Fit a field to each signal's observations by Adam on the mean squared error.
 
@@ -42,6 +45,11 @@ def fit_from_scratch(
         seed: seeds of the random initialisations (signal ``s`` uses ``seed + s``).
         params: optional starting parameters (with a leading signal dimension) instead of random ones.
         progress: show a progress bar with ETA.
+        compile: run the loss (forward map, field, error) through ``torch.compile``
+            (:func:`compiled_loss`): one compilation, then fused kernels for every step. It pays
+            off on long fits of large fields; fitting is first order, so the compiled graph is
+            never differentiated twice. ``"auto"`` times the first (eager) step and compiles when
+            the remaining steps would take longer than :data:`COMPILE_WORTH_SECONDS` eagerly.
 
     Returns:
         The fitted per-signal parameters and the loss history ``(steps, S)`` (kept on device; nothing
@@ -58,14 +66,60 @@ def fit_from_scratch(
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc="fit", unit="step")
+    check_compile(compile)
+    loss = compiled_loss(fitting_loss) if compile is True else fitting_loss
     for step in iterator:
-        predicted = forward_map(field.bind(params), observations.queries)
-        per_signal = (predicted - observations.values).pow(2).mean(dim=(1, 2))
+        began = time.perf_counter() if compile == "auto" and step == 0 else None
+        per_signal = loss(field, forward_map, params, observations.queries, observations.values)
         optimizer.zero_grad(set_to_none=True)
         per_signal.sum().backward()  # signals are independent: the sum gives each its own gradient
         optimizer.step()
         history[step] = per_signal.detach()
+        if began is not None:  # one timing, after the first step (a device sync only here)
+            if observations.values.is_cuda:
+                torch.cuda.synchronize()
+            if (time.perf_counter() - began) * (steps - 1) > COMPILE_WORTH_SECONDS:
+                loss = compiled_loss(fitting_loss)
     return {k: v.detach() for k, v in params.items()}, history
+
+
+#: ``compile="auto"`` compiles a fit whose remaining steps would take longer than this eagerly: the
+#: compilation itself takes tens of seconds on a CPU, and saves a fraction of each step
+#: (``benchmarks/bench_compile.py``).
+COMPILE_WORTH_SECONDS = 120.0
+
+
+def check_compile(compile: Any) -> None:
+    """A one-line :class:`InputError` unless ``compile`` is ``True``, ``False`` or ``"auto"``."""
+    if compile not in (True, False, "auto"):
+        raise InputError(f"fit compile must be true, false or 'auto', got {compile!r}")
+
+
+def fitting_loss(
+    field: Field, forward_map: ForwardMap, params: Params, queries: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """Each signal's mean squared error ``(S,)`` of the field observed through ``forward_map``."""
+    return (forward_map(field.bind(params), queries) - values).pow(2).mean(dim=(1, 2))
+
+
+def compiled_loss(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``loss`` through ``torch.compile`` (Inductor), or ``loss`` itself with one warning where this
+    machine cannot compile (no C++ compiler, an unsupported backend): compiling is an
+    optimisation, never a reason for a fit to fail."""
+    compiled = torch.compile(loss, dynamic=False)
+    state = {"eager": False}
+
+    def run(*args: Any) -> torch.Tensor:
+        if not state["eager"]:
+            try:
+                return compiled(*args)
+            except Exception as error:  # noqa: BLE001 - Inductor raises many types
+                state["eager"] = True
+                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                warnings.warn(f"torch.compile failed, fitting without it: {message}", stacklevel=2)
+        return loss(*args)
+
+    return run
 
 
 class RandomInitFit(Reconstructor):
@@ -73,9 +127,17 @@ class RandomInitFit(Reconstructor):
 
     learns_from_collection = False
 
-    def __init__(self, field: Field, steps: int = 100, lr: float = 1e-3, seed: int = 0) -> None:
+    def __init__(
+        self,
+        field: Field,
+        steps: int = 100,
+        lr: float = 1e-3,
+        seed: int = 0,
+        compile: bool | str = "auto",
+    ) -> None:
         super().__init__()
-        self.field, self.steps, self.lr, self.seed = field, steps, lr, seed
+        check_compile(compile)
+        self.field, self.steps, self.lr, self.seed, self.compile = field, steps, lr, seed, compile
 
     def compute_gradients(self, batch: SignalBatch) -> dict[str, torch.Tensor]:
         return {}
@@ -115,6 +177,7 @@ class RandomInitFit(Reconstructor):
                 steps=self.steps if steps is None else steps,
                 lr=self.lr,
                 seed=self.seed,
+                compile=self.compile,
             )
         return FittedFields(self.field, params)
 
@@ -201,19 +264,19 @@ def fit_image(
     lr: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    compile: bool | str = "auto",
 ) -> dict[str, float | str]:
     """Fit one field from a random initialisation to an image and write the results.
 
     Every option is checked first (``size`` >= 11 for SSIM, ``lr`` finite and > 0, ``out_dir``
     writable). Without ``size``, an image of more than ``AUTO_SIZE^2`` pixels is centre-cropped and
     resized to ``AUTO_SIZE`` with a note on stderr giving the full-size memory estimate (each step
-    is one batch of every pixel). Writes ``reconstruction.png``, ``comparison.png`` (ground truth
-    beside reconstruction) and ``metrics.json`` (PSNR, SSIM, steps, seconds) into ``out_dir``;
-    returns the metrics.
+    is one batch of every pixel). ``compile``: see :func:`fit_from_scratch`. Writes
+    ``reconstruction.png``, ``comparison.png`` (ground truth beside reconstruction) and
+    ``metrics.json`` (PSNR, SSIM, steps, seconds) into ``out_dir``; returns the metrics.
     """
     import json
     import sys
-    import time
     from pathlib import Path
 
     import numpy as np
@@ -253,6 +316,7 @@ def fit_image(
         lr=default_lr if lr is None else lr,
         seed=seed,
         progress=progress,
+        compile=compile,
     )
     seconds = time.perf_counter() - began
     reconstruction = predict_in_chunks(field, params, observations.queries).reshape(

@@ -31,9 +31,24 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--lr", type=float, default=None, help="Adam's rate (default: the field's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="torch.compile the fitting step: auto (default) compiles when the fit would take more "
+        "than two minutes without it; off turns it off",
+    )
     args = parser.parse_args(argv)
+    compile_ = {"auto": "auto", "on": True, "off": False}[args.compile]
     metrics = fit_image(
-        args.image, args.steps, args.field, args.out, size=args.size, lr=args.lr, seed=args.seed
+        args.image,
+        args.steps,
+        args.field,
+        args.out,
+        size=args.size,
+        lr=args.lr,
+        seed=args.seed,
+        compile=compile_,
     )
     print(
         f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f} after {args.steps} steps "
