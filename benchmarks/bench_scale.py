@@ -26,6 +26,7 @@ Run ``python -m benchmarks.bench_scale [--quick] [--device cuda]``; writes
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 import warnings
@@ -215,7 +216,8 @@ def main() -> None:
 
 def save(rows: list[dict], args) -> None:
     estimate = full_run_estimate(rows)
-    name = "bench_scale" + ("_quick" if args.quick else "") + (f"_{args.only}" if args.only else "")
+    only = re.sub(r"[^A-Za-z0-9]+", "", args.only) if args.only else ""  # "32^2" -> "322"
+    name = "bench_scale" + ("_quick" if args.quick else "") + (f"_{only}" if only else "")
     save_results(name, {"rows": rows, "full_run_estimate": estimate}, args.device)
     path = RESULTS / f"{name}.md"
     path.write_text(markdown(rows, estimate, args.device))

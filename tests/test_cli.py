@@ -82,6 +82,7 @@ def test_chunked_evaluation_equals_one_call():
         (["fit", "{not_an_image}"], "cannot read image"),
         (["fit", "builtin:nonexistent"], "unknown built-in photograph"),
         (["fit", "{photo}", "--steps", "0"], "--steps must be positive"),
+        (["fit", "{photo}", "--compile", "maybe"], "--compile: invalid choice: 'maybe'"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
 )
