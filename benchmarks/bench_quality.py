@@ -35,15 +35,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 import yaml
-from einops import rearrange
 
+import genfield.calibration as calibration
 import genfield.comparison as comparison
 from benchmarks._machine import RESULTS, save_results
 from genfield.comparison import LEARNED_ROUTES, load_group
-from genfield.kinds import get_kind
-from genfield.metrics import interval_coverage
 
 CT_SMALL = {"resolution": 24, "n_context_angles": 12, "n_samples": 16}
 
@@ -128,26 +125,10 @@ def get_kind_of(cell: str) -> str:
     return str(load_group("data", CELLS[cell]["data"])["kind"])
 
 
-def dense_truth(batch) -> torch.Tensor:
-    """The true values at the kind's dense queries: image/CT pixels, or the batch's target values."""
-    if batch.kind in ("image", "ct"):
-        return rearrange(batch.ground_truth, "s h w c -> s (h w) c")
-    return batch.target.values
-
-
 def coverage_of(prediction, batch, level: float = 0.9) -> float | None:
     """Mean over signals of the central ``level`` interval coverage (unobserved pixels on images)."""
-    if prediction.variance is None:
-        return None
-    truth = dense_truth(batch).to(prediction.mean)
-    mask = get_kind(batch.kind).context_mask(batch)
-    if mask is not None:
-        mask = ~rearrange(mask.bool(), "s ... -> s (...)")[..., None].to(truth.device)
-        if not bool(mask.any()):  # every pixel observed (context_fraction=1): cover them all
-            mask = None
-    return (
-        interval_coverage(prediction.mean.detach(), prediction.std.detach(), truth, level, mask).mean().item()
-    )
+    per_signal = calibration.coverage(prediction, batch, level)
+    return None if per_signal is None else per_signal.mean().item()
 
 
 def run_cell(

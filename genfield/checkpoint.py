@@ -19,10 +19,13 @@ from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as serialize
 
 import genfield
+from genfield.calibration import STD_SCALE
 from genfield.errors import InputError
 from genfield.outputs import atomic_write
 
 _MODEL, _OPTIM, _RNG = "model/", "optimizer/", "rng/"
+#: Buffers added after checkpoints were written, whose value as built is neutral (a std factor of 1).
+OPTIONAL_BUFFERS = (STD_SCALE,)
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
@@ -80,6 +83,22 @@ def save_file(tensors: dict[str, torch.Tensor], file: BinaryIO, metadata: dict[s
     file.write(serialize(tensors, metadata=metadata))
 
 
+def set_model_tensors(path: str | Path, values: dict[str, torch.Tensor]) -> Path:
+    """Rewrite checkpoint ``path`` atomically with the model tensors ``values`` replaced (e.g. a std
+    factor set after training); every other tensor and the metadata stay as they were."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as file:
+        metadata = file.metadata() or {}
+        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    for key, value in values.items():
+        if _MODEL + key not in tensors and key.rsplit(".", 1)[-1] not in OPTIONAL_BUFFERS:
+            raise InputError(f"checkpoint {path} has no model tensor {key!r}")
+        tensors[_MODEL + key] = value.detach().cpu().contiguous()
+    with atomic_write(path) as file:
+        save_file(tensors, file, metadata=metadata)
+    return path
+
+
 def read_checkpoint_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a checkpoint (version, step, config, extra) without loading its tensors."""
     path = Path(path)
@@ -120,7 +139,8 @@ def load_checkpoint(
     """Load a checkpoint into ``model`` (and ``optimizer``); return its metadata.
 
     A checkpoint whose weights do not match the model (another architecture or config) is an
-    :class:`~genfield.errors.InputError` naming the keys that differ. A model with ``adopt_shapes``
+    :class:`~genfield.errors.InputError` naming the keys that differ; a checkpoint older than one of
+    :data:`OPTIONAL_BUFFERS` loads with the model's own (neutral) value of it. A model with ``adopt_shapes``
     first sizes its data-fitted buffers as the checkpoint holds them.
     """
     meta = read_checkpoint_metadata(path)
@@ -129,6 +149,9 @@ def load_checkpoint(
     if hasattr(model, "adopt_shapes"):  # buffers sized by the data they were fitted on (a prior)
         model.adopt_shapes(weights)
     expected = model.state_dict()
+    for key in expected:  # buffers newer than the checkpoint that have a neutral value
+        if key.rsplit(".", 1)[-1] in OPTIONAL_BUFFERS and key not in weights:
+            weights[key] = expected[key]
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     mismatched = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
     if missing or unexpected or mismatched:

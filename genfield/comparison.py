@@ -32,6 +32,7 @@ import torch
 from omegaconf import OmegaConf
 
 from genfield.builders import build_data, build_field_for, build_method, method_target
+from genfield.calibration import calibrate
 from genfield.datasets.sampling import StepBatches
 from genfield.errors import InputError
 from genfield.evaluation import evaluate
@@ -143,6 +144,8 @@ def run_comparison(
                 device=torch_device,
                 label=f"{method_name} on {data_name}",
             )
+            if steps:  # a learned std is recalibrated on the validation signals (never the test ones)
+                calibrate(method, bundle.eval_batch("val", seed=seed).to(torch_device))
             for setting, adapt_steps in method.settings(budget):
                 with measure(torch_device) as cost:
                     evaluation = evaluate(method, test_batch, steps=adapt_steps)

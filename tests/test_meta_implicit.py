@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from test_meta_gradients import newton, tiny_batch, tiny_field
 
-from genfield.checkpoint import load_checkpoint, read_checkpoint_metadata
+from genfield.checkpoint import OPTIONAL_BUFFERS, load_checkpoint, read_checkpoint_metadata
 from genfield.errors import InputError
 from genfield.fields import build_field
 from genfield.meta import build_meta_learner
@@ -259,6 +259,9 @@ def test_a_checkpoint_of_the_previous_format_loads_with_its_optimizer_state(name
     load_checkpoint(path, learner, optimizer, restore_rng=False)
     stored = load_file(str(path))
     for key, value in learner.state_dict().items():
+        if key in OPTIONAL_BUFFERS:  # newer than the file: its neutral value
+            assert f"model/{key}" not in stored and float(value) == 1.0
+            continue
         torch.testing.assert_close(value, stored[f"model/{key}"].to(value.dtype), rtol=0, atol=0)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     assert all(optimizer.state[p]["step"] == 1 for p in params)  # every parameter's Adam moments
@@ -283,7 +286,12 @@ def test_ibaml_cg_early_exit_option_reaches_the_solve_and_keeps_the_gradient(mon
     results = {}
     for early in (True, False):
         learner = build_meta_learner(
-            "ibaml", tiny_field(), inner_steps=3, noise_seed=0, cg_iterations=30, cg_tol=0.3,
+            "ibaml",
+            tiny_field(),
+            inner_steps=3,
+            noise_seed=0,
+            cg_iterations=30,
+            cg_tol=0.3,
             cg_early_exit=early,
         )
         products.clear()

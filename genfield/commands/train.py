@@ -79,6 +79,7 @@ def run_train(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     }
     if not is_main_process():
         return summary
+    summary["std_scale"] = calibrate_run(method, val_batch, result.checkpoint)
     test_batch = bundle.eval_batch("test", seed=int(cfg.seed)).to(device)
     began = time.perf_counter()
     evaluation = evaluate(method, test_batch, steps=eval_steps, num_samples=samples)
@@ -89,6 +90,7 @@ def run_train(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         write_figures(out_dir, test_batch, {name: evaluation.prediction}, methods={name: method})
     if result.best is not None:  # test_* are the last weights; best_test_* the best on validation
         load_best(method, result)
+        summary["best_std_scale"] = calibrate_run(method, val_batch, result.best_checkpoint)
         best = evaluate(method, test_batch, steps=eval_steps, num_samples=samples).summary()
         summary["best_step"] = result.best["step"]
         summary[f"best_val_{result.best['metric']}"] = result.best["value"]
@@ -106,6 +108,19 @@ def check_train_folder(out_dir: Path, config: dict[str, Any]) -> int | None:
 
     check_writable(out_dir, "hydra.run.dir")
     return check_run_folder(out_dir, config)
+
+
+def calibrate_run(method: Any, val_batch: Any, checkpoint: Path | None) -> float | None:
+    """Recalibrate a learned std on the validation signals (:func:`genfield.calibration.calibrate`)
+    and write the factor into ``checkpoint``, so ``genfield reconstruct`` predicts with it; the
+    factor, or None for a method without a learned std."""
+    from genfield.calibration import STD_SCALE, calibrate
+    from genfield.checkpoint import set_model_tensors
+
+    factor = calibrate(method, val_batch)
+    if factor is not None and checkpoint is not None and checkpoint.is_file():
+        set_model_tensors(checkpoint, {STD_SCALE: getattr(method, STD_SCALE)})
+    return factor
 
 
 def check_splits(bundle: Any, data: dict[str, Any]) -> None:

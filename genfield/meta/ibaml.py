@@ -49,6 +49,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from genfield.calibration import hold_std_scale, scaled
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.distributed import randn_for_shard
 from genfield.errors import InputError
@@ -110,12 +111,16 @@ class IBaML(MetaLearner):
         self.predictive, self.noise_gradient = config.predictive, config.noise_gradient
         self.logvar_step, self.inner_gradient = config.logvar_step, config.inner_gradient
         self.curvature, self.inner_noise, self.precondition = (
-            config.curvature, config.inner_noise, config.precondition
+            config.curvature,
+            config.inner_noise,
+            config.precondition,
         )
         super().__init__(field, inner_optimizer=config.inner_optimizer, inner_lr=config.inner_lr, **options)
+        hold_std_scale(self)  # the factor on every predicted std, set on validation signals
         self.prior_mean = nn.ParameterDict(
             {_module_key(k): nn.Parameter(v) for k, v in self._initial.items()}
         )
+
         def initial_logvar(v: torch.Tensor) -> torch.Tensor:
             scale = v.square().mean().sqrt().clamp_min(1e-3) if config.relative_prior else 1
             return torch.full_like(v, 2 * math.log(config.prior_std * scale))
@@ -212,9 +217,7 @@ class IBaML(MetaLearner):
         """The reparameterised weights ``mu + e^{rho/2} eps`` of the ``M`` draws of every signal,
         ``{name: (M S, ...)}`` (draw-major: one batch the field evaluates in one vmapped call)."""
         mu, rho = v
-        return {
-            k: rearrange(reparameterise(mu[k], rho[k], noise[k]), "m s ... -> (m s) ...") for k in mu
-        }
+        return {k: rearrange(reparameterise(mu[k], rho[k], noise[k]), "m s ... -> (m s) ...") for k in mu}
 
     def expected_nll(
         self, v: Posterior, noise: Tree, obs: Observations, forward_map: ForwardMap
@@ -337,16 +340,24 @@ class IBaML(MetaLearner):
         if self.logvar_step == "optimizer":
             rates = Posterior(rates_mu, {k: self.inner_lr_logvar for k in init.rho})
             optimizer = self.inner_optimizer
-            precondition = None if optimizer == "adam" else mean_preconditioner(
-                self.precondition, logvar, create_graph
+            precondition = (
+                None if optimizer == "adam" else mean_preconditioner(self.precondition, logvar, create_graph)
             )  # Adam: its rates carry the prior scale (mean_rates)
         else:  # the hook takes the whole step; the loop applies it as SGD at rate 1
             rates = Posterior(rates_mu, {k: 1.0 for k in init.rho})
-            optimizer, precondition = "sgd", fixed_point_transform(
-                self.inner_optimizer, self.precondition, logvar, self.inner_lr_logvar, create_graph
+            optimizer, precondition = (
+                "sgd",
+                fixed_point_transform(
+                    self.inner_optimizer, self.precondition, logvar, self.inner_lr_logvar, create_graph
+                ),
             )
         return inner_loop(
-            objective, init, steps, rates, optimizer, create_graph=create_graph,
+            objective,
+            init,
+            steps,
+            rates,
+            optimizer,
+            create_graph=create_graph,
             precondition=precondition,
             gradient=gradient if self.inner_gradient == "closed_form" and not create_graph else None,
             limit_step=limit_step,
@@ -355,9 +366,7 @@ class IBaML(MetaLearner):
     def _inner_noise(self, noise: Tree) -> Tree | None:
         return noise if self.inner_noise == "fixed" else None
 
-    def adapt(
-        self, context: Observations, forward_map: ForwardMap, steps: int | None = None
-    ) -> AdaptedState:
+    def adapt(self, context: Observations, forward_map: ForwardMap, steps: int | None = None) -> AdaptedState:
         steps = self.inner_steps if steps is None else steps
         noise = self._inner_noise(self.draw_noise(context.num_signals))
         mu, rho = self.adapt_posterior(context, forward_map, noise, steps)
@@ -386,9 +395,7 @@ class IBaML(MetaLearner):
 
     def outer_loss(self, batch: SignalBatch) -> torch.Tensor:
         noise = self.draw_noise(batch.num_signals)
-        v = self.adapt_posterior(
-            batch.context, batch.forward_map, self._inner_noise(noise), self.inner_steps
-        )
+        v = self.adapt_posterior(batch.context, batch.forward_map, self._inner_noise(noise), self.inner_steps)
         with torch.no_grad():
             return self.target_loss(v, noise, batch.target, batch.forward_map)
 
@@ -401,5 +408,8 @@ class IBaML(MetaLearner):
         num_samples: int,
         variance: bool = True,
     ) -> Prediction:
-        """The posterior predictive at ``queries`` (:mod:`genfield.meta.ibaml_predictive`)."""
-        return posterior_predictive(self, state, queries, query_map, num_samples, variance)
+        """The posterior predictive at ``queries`` (:mod:`genfield.meta.ibaml_predictive`), its std
+        times the calibrated ``std_scale`` (:mod:`genfield.calibration`)."""
+        return scaled(
+            posterior_predictive(self, state, queries, query_map, num_samples, variance), self.std_scale
+        )

@@ -49,6 +49,7 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.distributions import Independent, kl_divergence
 
+from genfield.calibration import hold_std_scale, scaled
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.distributed import randn_for_shard
 from genfield.errors import InputError
@@ -91,6 +92,7 @@ class NeuralProcess(Reconstructor):
         self.decoder_module = self.decoder.module  # registered: its parameters are trained
         self.encoder, self.latent = parts.encoder, parts.latent
         self._adopt("conditioner", parts.conditioner)
+        hold_std_scale(self)  # the factor on every predicted std, set on validation signals
 
     def _adopt(self, name: str, part: nn.Module) -> None:
         """Keep ``part`` as ``self.<name>`` and register its parameters and submodules on the process
@@ -336,7 +338,8 @@ class ConditionedProcess(Adapted):
             means.append(mean)
             stds.append(std)
         std = None if stds[0] is None else torch.cat(stds, dim=2)
-        return process.likelihood.moments(torch.cat(means, dim=2), std)  # over (K, S, M, c)
+        moments = process.likelihood.moments(torch.cat(means, dim=2), std)  # over (K, S, M, c)
+        return scaled(moments, process.std_scale)
 
 
 def build_process(
