@@ -91,7 +91,7 @@ COMPILE_WORTH_SECONDS = 120.0
 
 def check_compile(compile: Any) -> None:
     """A one-line :class:`InputError` unless ``compile`` is ``True``, ``False`` or ``"auto"``."""
-    if compile not in (True, False, "auto"):
+    if not (compile is True or compile is False or compile == "auto"):  # not 1, 0 or "on"
         raise InputError(f"fit compile must be true, false or 'auto', got {compile!r}")
 
 

@@ -54,6 +54,8 @@ def test_auto_compiles_only_a_fit_worth_it(monkeypatch):
     assert calls == [fitting.fitting_loss]  # once, after the timed first step
     with pytest.raises(InputError, match="compile must be"):
         fitting.fit_from_scratch(field, obs, PointMap(), steps=3, compile="always")
+    with pytest.raises(InputError, match="got 1"):
+        fitting.RandomInitFit(field, compile=1)
 
 
 def test_a_failed_compilation_falls_back_to_eager_with_one_warning(monkeypatch):
