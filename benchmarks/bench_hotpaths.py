@@ -5,18 +5,17 @@
    "fused" runs, against the library's ``sin(omega_0 (W h + b))``. The outputs are compared first
    (relative difference), then MAML (second order) and FOMAML meta-gradients are timed
    interleaved. The library keeps whichever wins on the second-order path (results/bench_hotpaths.json).
-2. **torch.compile** of a first-order inner step (the vmapped field, MSE and its gradient: the unit
-   of FOMAML, Reptile, iMAML and iBaML's inner loops) against eager mode. MAML's second-order path
-   cannot be compiled (``torch.compile`` does not support double backward), so it is not tried.
 
-Run ``python -m benchmarks.bench_hotpaths [--quick] [--no-compile]``; writes
+``torch.compile`` of the first-order inner loops and of fitting is measured by
+``benchmarks/bench_compile.py``.
+
+Run ``python -m benchmarks.bench_hotpaths [--quick]``; writes
 ``benchmarks/results/bench_hotpaths.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from contextlib import contextmanager
 
 import torch
@@ -28,8 +27,6 @@ from genfield.datasets.images import ImageSplit
 from genfield.fields import build_field
 from genfield.fields.networks import CoordinateMLP
 from genfield.meta import build_meta_learner
-from genfield.meta.likelihood import mse
-from genfield.meta.tree import expand_signals, leaves
 
 
 def fused_forward(self, h, modulations=None):
@@ -87,42 +84,9 @@ def fused_sine(size: int, hidden: int, n_layers: int, reps: int) -> dict:
     return row
 
 
-def compiled_inner_step(size: int, hidden: int, n_layers: int, reps: int) -> dict:
-    batch = cell_batch(size)
-    field = build_field("siren", head="grey", hidden=hidden, n_layers=n_layers)
-    params = expand_signals(field.init(0), 4)
-    ctx = batch.context
-
-    def step(p):
-        p = leaves(p)
-        loss = mse(field(p, ctx.queries), ctx.values).sum()
-        grads = torch.autograd.grad(loss, list(p.values()))
-        return {k: v - 0.3 * g for (k, v), g in zip(p.items(), grads)}
-
-    compiled = torch.compile(step)
-    start = time.perf_counter()
-    compiled(params)
-    compile_s = time.perf_counter() - start
-    eager, fast = step(params), compiled(params)
-    diff = max(((eager[k] - fast[k]).norm() / eager[k].norm()).item() for k in eager)
-    seconds = interleaved_seconds({"compiled": lambda: compiled(params), "eager": lambda: step(params)}, reps)
-    row = {
-        "image": size,
-        "hidden": hidden,
-        "n_layers": n_layers,
-        "compile_seconds": compile_s,
-        "max_relative_difference": diff,
-        **seconds,
-        "ratio_compiled_over_eager": seconds["compiled"] / seconds["eager"],
-    }
-    print(row, flush=True)
-    return row
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 hidden layers at 64^2, fewer repetitions")
-    parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -130,15 +94,6 @@ def main() -> None:
     big = (64, 256, 3 if args.quick else 5)
     results: dict = {"reps": reps, "interleaved": True}
     results["fused_sine"] = [fused_sine(32, 64, 3, reps), fused_sine(*big, reps)]
-    if not args.no_compile:
-        try:
-            results["compile_inner_step"] = [
-                compiled_inner_step(32, 64, 3, reps),
-                compiled_inner_step(*big, reps),
-            ]
-        except Exception as error:  # noqa: BLE001 - a compiler failure is a result here
-            results["compile_inner_step"] = f"failed: {type(error).__name__}: {str(error)[:300]}"
-            print(results["compile_inner_step"])
     save_results("bench_hotpaths", results)
 
 

@@ -20,8 +20,10 @@ At K inner steps (200 by default) on ``bench_meta``'s setup (32^2 faces, SIREN 6
    gradient in the prior), written here from iBaML's public pieces. Its meta-gradient is compared
    with iBaML's (cosine similarity: they differ by construction, the implicit one assumes
    stationarity) and timed interleaved with iBaML, iBaML with ``inner_gradient="autograd"`` (its
-   inner gradient before the closed form, the same numbers) and second-order MAML (same field and
-   batch); peak memory by :func:`genfield.profiling.measure`.
+   inner gradient before the closed form, the same numbers), iBaML with ``compile=True`` (its
+   first-order inner steps through ``torch.compile``, :mod:`genfield.compiling`; the twin
+   backpropagates through its steps, which Inductor's graphs cannot) and second-order MAML (same
+   field and batch); peak memory by :func:`genfield.profiling.measure`.
 
 Run ``python -m benchmarks.bench_ibaml_cost [--quick] [--steps K]``; writes
 ``benchmarks/results/bench_ibaml_cost[_quick].json``.
@@ -243,13 +245,30 @@ def breakdown(learner, batch, reps: int) -> dict:
     return out
 
 
+def compiled_difference(eager, compiled, batch, steps: int = 1) -> float:
+    """Relative difference of the posteriors after ``steps`` inner steps, eager against compiled.
+
+    One step: at K = 200 the inner loop of the bench's options amplifies any rounding difference
+    (a 1e-7 relative change of the start is 6 % after 5 eager steps, 19 % after 10), so the
+    K-step results of two summation orders differ whatever the compiler does."""
+    noise = eager.draw_noise(batch.num_signals)
+    v = [m.adapt_posterior(batch.context, batch.forward_map, noise, steps) for m in (eager, compiled)]
+    return max(float((v[1].mu[k] - t).norm() / t.norm()) for k, t in v[0].mu.items())
+
+
 def run_cell(size, hidden, n_layers, signals, context, steps, reps, twin: bool = True) -> dict:
     faces = list(builtin_faces("train", size=size))[:signals]
     batch = ImageSplit(context_fraction=context)(faces, torch.Generator().manual_seed(0))
     field = build_field("siren", head="grey", hidden=hidden, n_layers=n_layers)
-    ibaml = build_meta_learner("ibaml", field, inner_steps=steps, **IBAML_OPTIONS)
-    before = build_meta_learner("ibaml", field, inner_steps=steps, inner_gradient="autograd", **IBAML_OPTIONS)
-    maml = build_meta_learner("maml", field, inner_steps=steps, **MAML_OPTIONS)
+    eager = {"compile": False}  # no learner compiles half-way through the timing ("auto")
+    ibaml = build_meta_learner("ibaml", field, inner_steps=steps, **IBAML_OPTIONS, **eager)
+    compiled = build_meta_learner("ibaml", field, inner_steps=steps, **IBAML_OPTIONS, compile=True)
+    before = build_meta_learner(
+        "ibaml", field, inner_steps=steps, inner_gradient="autograd", **IBAML_OPTIONS, **eager
+    )
+    maml = build_meta_learner("maml", field, inner_steps=steps, **MAML_OPTIONS, **eager)
+    for learner in (compiled, before):
+        learner.load_state_dict(ibaml.state_dict())
     row: dict = {
         "image": size,
         "hidden": hidden,
@@ -261,11 +280,13 @@ def run_cell(size, hidden, n_layers, signals, context, steps, reps, twin: bool =
         "mc_samples": ibaml.mc_samples,
     }
     keys = [k for k in ibaml.meta_parameters() if k.startswith("prior_")]
+    row["compiled_vs_eager_relative_difference"] = compiled_difference(ibaml, compiled, batch)
     if twin:
         a, b = flat(implicit(ibaml, batch), keys), flat(explicit_twin(ibaml, batch), keys)
         row["implicit_vs_explicit_cosine"] = (a @ b / (a.norm() * b.norm())).item()
     fns = {
         "ibaml": lambda: implicit(ibaml, batch),
+        "ibaml_compiled": lambda: implicit(compiled, batch),
         "ibaml_autograd_inner": lambda: implicit(before, batch),
         "explicit_twin": lambda: explicit_twin(ibaml, batch),
         "maml": lambda: maml.meta_gradient(batch),
@@ -282,12 +303,17 @@ def run_cell(size, hidden, n_layers, signals, context, steps, reps, twin: bool =
     row["seconds"] = seconds
     row["ratios"] = {
         "ibaml_over_maml_time": seconds["ibaml"] / seconds["maml"],
+        "ibaml_compiled_over_maml_time": seconds["ibaml_compiled"] / seconds["maml"],
+        "ibaml_compiled_over_ibaml_time": seconds["ibaml_compiled"] / seconds["ibaml"],
         "ibaml_over_ibaml_autograd_inner_time": seconds["ibaml"] / seconds["ibaml_autograd_inner"],
         "ibaml_autograd_inner_over_maml_time": seconds["ibaml_autograd_inner"] / seconds["maml"],
         "ibaml_over_maml_memory": memory["ibaml"] / memory["maml"],
     }
     if twin:
         row["ratios"]["ibaml_over_explicit_twin_time"] = seconds["ibaml"] / seconds["explicit_twin"]
+        row["ratios"]["ibaml_compiled_over_explicit_twin_time"] = (
+            seconds["ibaml_compiled"] / seconds["explicit_twin"]
+        )
         row["ratios"]["ibaml_over_explicit_twin_memory"] = memory["ibaml"] / memory["explicit_twin"]
     print({k: row[k] for k in ("image", "seconds", "peak_mib", "ratios")}, flush=True)
     ibaml.inner_steps = BREAKDOWN_STEPS  # per-step costs do not depend on K

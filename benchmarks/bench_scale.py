@@ -15,9 +15,10 @@ bytes saved for backward).
 ``--quick`` (the CPU default run): the 32^2 and 64^2 image cells and the CT cell with 4 signals, the
 CT cell with the compare field (SIREN 64 x 3, 32 quadrature points per ray), and 178^2 with 4
 signals for one step (the warm-up step, timed); the other cells are written as "not run" with
-the reason. On CUDA every cell runs. The cost of a ``budget=full`` compare run is estimated per
-method and cell as ``meta_steps x seconds per step``, scaled linearly from the measured signals to
-the budget's batch.
+the reason. On CUDA every cell runs; ``--big-on-cpu`` adds the 16-signal 178^2 cell on a CPU
+(one timed step per method, as ``--quick``'s 178^2 cell). The cost of a ``budget=full`` compare
+run is estimated per method and cell as ``meta_steps x seconds per step``, scaled linearly from the
+measured signals to the budget's batch.
 
 Run ``python -m benchmarks.bench_scale [--quick] [--device cuda]``; writes
 ``benchmarks/results/bench_scale[_quick].json`` and ``.md``.
@@ -55,12 +56,12 @@ class Cell:
     reps: int = 3
 
 
-def cells(quick: bool, cuda: bool) -> list[tuple[Cell, str | None]]:
+def cells(quick: bool, cuda: bool, big_on_cpu: bool = False) -> list[tuple[Cell, str | None]]:
     """Every cell with ``None`` (run it) or the reason it is not run."""
     ct_quick = quick and not cuda
     out: list[tuple[Cell, str | None]] = []
     for signals in (4, 16):
-        big = signals == 16 and not cuda
+        big = signals == 16 and not cuda and not big_on_cpu
         out += [
             (
                 Cell("faces 32^2", "faces", {"size": 32}, 64, 3, signals),
@@ -78,9 +79,9 @@ def cells(quick: bool, cuda: bool) -> list[tuple[Cell, str | None]]:
                     256,
                     5,
                     signals,
-                    reps=0 if quick and not cuda else 1,
+                    reps=0 if (quick or big_on_cpu) and not cuda else 1,
                 ),
-                "CPU: 16 signals at 178^2 exceed the 5-minute run" if big else None,
+                "CPU: 16 signals at 178^2 take ~10 minutes (--big-on-cpu)" if big else None,
             ),
             (
                 Cell(
@@ -109,8 +110,8 @@ def build(cell: Cell, method: str, device: str):
     return model, batch
 
 
-def run_cell(cell: Cell, reps: int, device: str) -> dict:
-    built = {m: build(cell, m, device) for m in METHODS}
+def run_cell(cell: Cell, reps: int, device: str, methods: tuple[str, ...] = METHODS) -> dict:
+    built = {m: build(cell, m, device) for m in methods}
     row: dict = {
         "cell": cell.name,
         "hidden": cell.hidden,
@@ -119,7 +120,7 @@ def run_cell(cell: Cell, reps: int, device: str) -> dict:
         "reps": reps,
         "methods": {},
     }
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    times: dict[str, list[float]] = {m: [] for m in methods}
     for rep in range(reps + 1):  # round 0: warm-up and memory (and the time, with reps=0)
         for name, (model, batch) in built.items():
             with measure(device) as cost, warnings.catch_warnings():
@@ -135,7 +136,7 @@ def run_cell(cell: Cell, reps: int, device: str) -> dict:
                 row["memory_method"] = cost.method
             if rep or not reps:
                 times[name].append(cost.seconds if device.startswith("cuda") else seconds)
-    for name in METHODS:
+    for name in methods:
         row["methods"][name]["seconds"] = statistics.median(times[name])
     line = "  ".join(f"{n} {v['seconds']:.3f}s/{v['peak_mib']:.0f}MiB" for n, v in row["methods"].items())
     print(f"{cell.name} {cell.hidden}x{cell.n_layers} S={cell.signals}: {line}", flush=True)
@@ -171,7 +172,11 @@ def markdown(rows: list[dict], estimate: dict, device: str) -> str:
         if "methods" not in row:
             lines.append(head + f" not run: {row['not_run']} |" + " |" * (len(METHODS) - 1))
             continue
-        cells = [f"{v['seconds']:.3f} ({v['peak_mib']:.0f})" for v in row["methods"].values()]
+        measured = row["methods"]
+        cells = [
+            f"{measured[m]['seconds']:.3f} ({measured[m]['peak_mib']:.0f})" if m in measured else "not run"
+            for m in METHODS
+        ]
         lines.append(head + " " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -182,7 +187,9 @@ def markdown(rows: list[dict], estimate: dict, device: str) -> str:
         "|---|" + "---|" * len(METHODS),
     ]
     for key, hours in estimate["hours"].items():
-        lines.append(f"| {key} | " + " | ".join(f"{h:.1f}" for h in hours.values()) + " |")
+        lines.append(
+            f"| {key} | " + " | ".join(f"{hours[m]:.1f}" if m in hours else "–" for m in METHODS) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -192,13 +199,24 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=None, help="timed rounds per cell (default: per cell)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--big-on-cpu",
+        action="store_true",
+        help="also the 16-signal 178^2 cell on a CPU (one timed step per method, ~15 GiB)",
+    )
+    parser.add_argument(
+        "--methods", nargs="*", default=list(METHODS), choices=METHODS, help="a subset (memory-bound cells)"
+    )
+    parser.add_argument("--signals", type=int, default=None, help="run only the cells of this batch size")
     parser.add_argument("--only", default=None, help="run only cells whose name contains this (e.g. 64, CT)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for cell, reason in cells(args.quick, args.device.startswith("cuda")):
+    for cell, reason in cells(args.quick, args.device.startswith("cuda"), args.big_on_cpu):
         if args.only and args.only not in cell.name:
             reason = reason or f"--only {args.only}"
+        if args.signals and args.signals != cell.signals:
+            reason = reason or f"--signals {args.signals}"
         if reason:
             rows.append(
                 {
@@ -210,7 +228,8 @@ def main() -> None:
                 }
             )
             continue
-        rows.append(run_cell(cell, cell.reps if args.reps is None else args.reps, args.device))
+        reps = cell.reps if args.reps is None else args.reps
+        rows.append(run_cell(cell, reps, args.device, tuple(args.methods)))
         save(rows, args)  # after every cell: a run cut short keeps what it measured
 
 
@@ -218,6 +237,8 @@ def save(rows: list[dict], args) -> None:
     estimate = full_run_estimate(rows)
     only = re.sub(r"[^A-Za-z0-9]+", "", args.only) if args.only else ""  # "32^2" -> "322"
     name = "bench_scale" + ("_quick" if args.quick else "") + (f"_{only}" if only else "")
+    name += f"_S{args.signals}" if args.signals else ""
+    name += "" if set(args.methods) == set(METHODS) else "_" + "_".join(args.methods)
     save_results(name, {"rows": rows, "full_run_estimate": estimate}, args.device)
     path = RESULTS / f"{name}.md"
     path.write_text(markdown(rows, estimate, args.device))

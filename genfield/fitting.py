@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from genfield import compiling
+from genfield.compiling import check_compile, compiled_loss
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.field import Field, Params
@@ -46,10 +47,11 @@ def fit_from_scratch(
         params: optional starting parameters (with a leading signal dimension) instead of random ones.
         progress: show a progress bar with ETA.
         compile: run the loss (forward map, field, error) through ``torch.compile``
-            (:func:`compiled_loss`): one compilation, then fused kernels for every step. It pays
-            off on long fits of large fields; fitting is first order, so the compiled graph is
-            never differentiated twice. ``"auto"`` times the first (eager) step and compiles when
-            the remaining steps would take longer than :data:`COMPILE_WORTH_SECONDS` eagerly.
+            (:func:`~genfield.compiling.compiled_loss`): one compilation, then fused kernels for
+            every step. It pays off on long fits of large fields; fitting is first order, so the
+            compiled graph is never differentiated twice. ``"auto"`` times the first (eager) step
+            and compiles when the remaining steps would take longer than
+            :data:`~genfield.compiling.COMPILE_WORTH_SECONDS` eagerly.
 
     Returns:
         The fitted per-signal parameters and the loss history ``(steps, S)`` (kept on device; nothing
@@ -78,21 +80,9 @@ def fit_from_scratch(
         if began is not None:  # one timing, after the first step (a device sync only here)
             if observations.values.is_cuda:
                 torch.cuda.synchronize()
-            if (time.perf_counter() - began) * (steps - 1) > COMPILE_WORTH_SECONDS:
+            if (time.perf_counter() - began) * (steps - 1) > compiling.COMPILE_WORTH_SECONDS:
                 loss = compiled_loss(fitting_loss)
     return {k: v.detach() for k, v in params.items()}, history
-
-
-#: ``compile="auto"`` compiles a fit whose remaining steps would take longer than this eagerly: the
-#: compilation itself takes tens of seconds on a CPU, and saves a fraction of each step
-#: (``benchmarks/bench_compile.py``).
-COMPILE_WORTH_SECONDS = 120.0
-
-
-def check_compile(compile: Any) -> None:
-    """A one-line :class:`InputError` unless ``compile`` is ``True``, ``False`` or ``"auto"``."""
-    if not (compile is True or compile is False or compile == "auto"):  # not 1, 0 or "on"
-        raise InputError(f"fit compile must be true, false or 'auto', got {compile!r}")
 
 
 def fitting_loss(
@@ -100,26 +90,6 @@ def fitting_loss(
 ) -> torch.Tensor:
     """Each signal's mean squared error ``(S,)`` of the field observed through ``forward_map``."""
     return (forward_map(field.bind(params), queries) - values).pow(2).mean(dim=(1, 2))
-
-
-def compiled_loss(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``loss`` through ``torch.compile`` (Inductor), or ``loss`` itself with one warning where this
-    machine cannot compile (no C++ compiler, an unsupported backend): compiling is an
-    optimisation, never a reason for a fit to fail."""
-    compiled = torch.compile(loss, dynamic=False)
-    state = {"eager": False}
-
-    def run(*args: Any) -> torch.Tensor:
-        if not state["eager"]:
-            try:
-                return compiled(*args)
-            except Exception as error:  # noqa: BLE001 - Inductor raises many types
-                state["eager"] = True
-                message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                warnings.warn(f"torch.compile failed, fitting without it: {message}", stacklevel=2)
-        return loss(*args)
-
-    return run
 
 
 class RandomInitFit(Reconstructor):

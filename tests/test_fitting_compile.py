@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+import genfield.compiling as compiling
 import genfield.fitting as fitting
 from genfield.datasets.batch import Observations
 from genfield.errors import InputError
@@ -49,7 +50,7 @@ def test_auto_compiles_only_a_fit_worth_it(monkeypatch):
     field, obs = _problem()
     fitting.fit_from_scratch(field, obs, PointMap(), steps=3, compile="auto")  # milliseconds: not worth it
     assert calls == []
-    monkeypatch.setattr(fitting, "COMPILE_WORTH_SECONDS", 0.0)
+    monkeypatch.setattr(compiling, "COMPILE_WORTH_SECONDS", 0.0)
     fitting.fit_from_scratch(field, obs, PointMap(), steps=3, compile="auto")
     assert calls == [fitting.fitting_loss]  # once, after the timed first step
     with pytest.raises(InputError, match="compile must be"):
@@ -72,5 +73,31 @@ def test_a_failed_compilation_falls_back_to_eager_with_one_warning(monkeypatch):
         UserWarning, match="torch.compile failed, fitting without it: no C\\+\\+ compiler found$"
     ):
         fallback, _ = fitting.fit_from_scratch(field, obs, PointMap(), steps=3, compile=True)
+    for name in eager:
+        torch.testing.assert_close(fallback[name], eager[name])
+
+
+class _BackwardFails(torch.autograd.Function):
+    """Identity whose backward raises, as a backward graph the compiler cannot build does."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("backward: inductor lowering failed")
+
+
+def test_a_backward_that_cannot_compile_falls_back_before_the_fit_uses_it(monkeypatch):
+    def compiles_forward_only(function, **options):
+        return lambda *args: _BackwardFails.apply(function(*args))
+
+    monkeypatch.setattr(torch, "compile", compiles_forward_only)
+    field, obs = _problem()
+    eager, eager_history = fitting.fit_from_scratch(field, obs, PointMap(), steps=3)
+    with pytest.warns(UserWarning, match="torch.compile failed, fitting without it: backward: inductor"):
+        fallback, history = fitting.fit_from_scratch(field, obs, PointMap(), steps=3, compile=True)
+    torch.testing.assert_close(history, eager_history)
     for name in eager:
         torch.testing.assert_close(fallback[name], eager[name])

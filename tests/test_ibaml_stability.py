@@ -114,3 +114,16 @@ def test_cap_leaves_short_steps_alone_and_the_explicit_path_differentiable():
     loss = learner.target_loss(v, noise, batch.target, fm)
     grads = torch.autograd.grad(loss, list(learner.prior_mean.values()))
     assert all(torch.isfinite(t).all() and t.abs().sum() > 0 for t in grads)
+
+
+def test_the_step_cap_reads_the_first_draw_of_each_antithetic_pair():
+    from genfield.meta.ibaml_inner import first_of_pairs
+
+    learner = build_meta_learner("ibaml", tiny_field(), noise_seed=0, mc_samples=4, antithetic=True)
+    noise = learner.draw_noise(3)
+    half = first_of_pairs(noise, antithetic=True)
+    for name, eps in noise.items():
+        assert half[name].shape[0] == 2
+        torch.testing.assert_close(torch.cat([half[name], -half[name]]), eps)  # the pairs draw_noise made
+    odd = {k: t[:3] for k, t in noise.items()}
+    assert first_of_pairs(odd, antithetic=True) is odd and first_of_pairs(noise, antithetic=False) is noise

@@ -138,15 +138,26 @@ class InitLearner(MetaLearner):
             exact = self.field.supports_double_backward
             curvature = top_curvature(objective, init, self.curvature_iterations, double_backward=exact)
             rates = cap_rates(rates, init, curvature, self.curvature_cap)
-        return inner_loop(
-            objective,
-            init,
-            steps,
-            rates,
-            self.inner_optimizer,
-            create_graph=create_graph,
-            health=health,
-        )
+        if create_graph:
+            return inner_loop(
+                objective, init, steps, rates, self.inner_optimizer, create_graph=True, health=health
+            )
+        compiled = self.compiled_inner
+        with compiled.timing():
+            return inner_loop(
+                lambda params: compiled(self.first_order_loss, self, params, context, forward_map),
+                init,
+                steps,
+                rates,
+                self.inner_optimizer,
+                health=health,
+            )
+
+    @staticmethod
+    def first_order_loss(learner: MetaLearner, params: Tree, obs: Observations, forward_map: ForwardMap):
+        """The inner objective of every signal, summed (:meth:`inner_loss`; iMAML's proximal term
+        included)."""
+        return learner.inner_loss(params, obs, forward_map).sum()
 
     def adapt(self, context: Observations, forward_map: ForwardMap, steps: int | None = None) -> AdaptedState:
         steps = self.inner_steps if steps is None else steps

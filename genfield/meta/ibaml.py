@@ -43,6 +43,7 @@ Prediction: the linearized-Laplace or mean-field posterior predictive,
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
@@ -75,6 +76,7 @@ from genfield.meta.ibaml_gradient import curvature_operator, ibaml_gradient
 from genfield.meta.ibaml_inner import (  # noqa: F401 - ADAM_*, logvar_fixed_point_step: their former home
     ADAM_BETAS,
     ADAM_EPS,
+    first_of_pairs,
     fixed_point_transform,
     logvar_fixed_point_step,
     mean_preconditioner,
@@ -264,10 +266,8 @@ class IBaML(MetaLearner):
         draws = len(next(iter(noise.values())))
         with torch.no_grad():
             phi = {k: t.requires_grad_(True) for k, t in self.draws(v, noise).items()}
-            queries = repeat(context.queries, "s ... -> (m s) ...", m=draws)
         with torch.enable_grad():
-            pred = rearrange(self.observe(phi, queries, forward_map), "(m s) ... -> m s ...", m=draws)
-            nll = gaussian_nll(pred, context.values, self.log_sigma.detach()).sum() / draws
+            nll = self.compiled_inner(self.first_order_loss, self, phi, context, forward_map)
             grads = torch.autograd.grad(nll, list(phi.values()))
         grad_mu, grad_rho = {}, {}
         with torch.no_grad():
@@ -277,6 +277,16 @@ class IBaML(MetaLearner):
                 grad_mu[k] = g.sum(0) + mean_kl
                 grad_rho[k] = 0.5 * torch.exp(0.5 * rho[k]) * (noise[k] * g).sum(0) + logvar_kl
         return Posterior({k: grad_mu[k] for k in mu}, {k: grad_rho[k] for k in rho})
+
+    @staticmethod
+    def first_order_loss(learner: MetaLearner, phi: Tree, obs: Observations, forward_map: ForwardMap):
+        """``sum_j NLL(w_j) / M`` of the context ``obs`` at the draws ``phi`` ``{name: (M S, ...)}``
+        (draw-major, :meth:`draws`): the one term of :meth:`free_energy_gradient` that needs the
+        field's backward."""
+        draws = len(next(iter(phi.values()))) // obs.num_signals
+        queries = repeat(obs.queries, "s ... -> (m s) ...", m=draws)
+        pred = rearrange(learner.observe(phi, queries, forward_map), "(m s) ... -> m s ...", m=draws)
+        return gaussian_nll(pred, obs.values, learner.log_sigma.detach()).sum() / draws
 
     def target_loss(self, v: Posterior, noise: Tree, target: Observations, forward_map) -> torch.Tensor:
         """The outer objective ``L(v)``: expected NLL per target value, mean over signals."""
@@ -332,7 +342,13 @@ class IBaML(MetaLearner):
         if self.mean_step_cap:
             limit_step = mean_step_cap(
                 lambda v, u: nll_curvature_along(
-                    self, v, drawn["eps"], u, context, forward_map, create_graph
+                    self,
+                    v,
+                    first_of_pairs(drawn["eps"], self.antithetic),
+                    u,
+                    context,
+                    forward_map,
+                    create_graph,
                 ),
                 logvar,
             )
@@ -351,17 +367,19 @@ class IBaML(MetaLearner):
                     self.inner_optimizer, self.precondition, logvar, self.inner_lr_logvar, create_graph
                 ),
             )
-        return inner_loop(
-            objective,
-            init,
-            steps,
-            rates,
-            optimizer,
-            create_graph=create_graph,
-            precondition=precondition,
-            gradient=gradient if self.inner_gradient == "closed_form" and not create_graph else None,
-            limit_step=limit_step,
-        )
+        closed_form = self.inner_gradient == "closed_form" and not create_graph
+        with self.compiled_inner.timing() if closed_form else nullcontext():
+            return inner_loop(
+                objective,
+                init,
+                steps,
+                rates,
+                optimizer,
+                create_graph=create_graph,
+                precondition=precondition,
+                gradient=gradient if closed_form else None,
+                limit_step=limit_step,
+            )
 
     def _inner_noise(self, noise: Tree) -> Tree | None:
         return noise if self.inner_noise == "fixed" else None

@@ -24,8 +24,8 @@ first step and the meta-training loss is not finite. Along the update ``u`` each
 take, the Gauss-Newton model ``F(mu - t u) ~ F - t g.u + t^2/2 u.A u`` (``A`` the Gauss-Newton
 matrix of the expected NLL plus the KL's ``e^{-l}``) is least at ``t* = g.u / u.A u``; the step is
 cut to ``min(1, t*) u`` per signal (:func:`mean_step_cap`), with one Jacobian-vector product of the
-predictions of the draws (:func:`nll_curvature_along`). Only the path changes, not the stationary
-points.
+predictions of the draws (:func:`nll_curvature_along`; with antithetic pairs, of the first draw of
+each pair, :func:`first_of_pairs`). Only the path changes, not the stationary points.
 
 Each builder returns a gradient transform ``(v, grads) -> step direction`` for
 :func:`~genfield.meta.inner.inner_loop` (its ``precondition``), or per-tensor rates.
@@ -120,8 +120,8 @@ def fixed_point_transform(
     log-precision targets of successive draws (a running mean while ``1/t > logvar_rate``). With
     fixed noise the error contracts by ``1 - eta_t`` per step, so a few inner steps reach
     ``dF/drho = 0``. The transform keeps Adam's moments between calls: build one per inner loop."""
-    precondition_mean = None if optimizer == "adam" else mean_preconditioner(
-        precondition, prior_logvar, create_graph
+    precondition_mean = (
+        None if optimizer == "adam" else mean_preconditioner(precondition, prior_logvar, create_graph)
     )
     first: Tree = {}
     second: Tree = {}
@@ -169,11 +169,33 @@ def nll_curvature_along(
     tangent = {k: repeat(keep(direction[k]), "s ... -> (m s) ...", m=draws) for k in phi}
     queries = repeat(obs.queries, "s ... -> (m s) ...", m=draws)
     with torch.enable_grad() if create_graph else torch.no_grad():
-        _, change = torch.func.jvp(
-            lambda p: learner.observe(p, queries, forward_map), (phi,), (tangent,)
-        )
-        squared = rearrange(change.square().flatten(1).sum(1), "(m s) -> m s", m=draws).mean(0)
+        if create_graph:
+            norms = squared_jvp_norms(learner, phi, tangent, queries, forward_map)
+        else:  # first order: eager or compiled, as the learner's ``compile`` decides
+            norms = learner.compiled_inner(squared_jvp_norms, learner, phi, tangent, queries, forward_map)
+        squared = rearrange(norms, "(m s) -> m s", m=draws).mean(0)
         return squared * torch.exp(-2 * keep(learner.log_sigma))
+
+
+def first_of_pairs(noise: Tree, antithetic: bool) -> Tree:
+    """The first draw of each antithetic pair ``(eps, -eps)`` (:meth:`IBaML.draw_noise` stacks the
+    ``+eps`` half first), or ``noise`` itself without pairs (or with an odd count). For the step
+    cap's Gauss-Newton curvature either half is an unbiased estimate of the same expectation
+    (``eps`` and ``-eps`` have one law); the pair only lowers its variance, which a step length
+    barely feels, so the cap takes half the forward-mode passes (``bench_ibaml_cost``)."""
+    draws = len(next(iter(noise.values())))
+    if not antithetic or draws % 2:
+        return noise
+    return {k: t[: draws // 2] for k, t in noise.items()}
+
+
+def squared_jvp_norms(
+    learner: MetaLearner, phi: Tree, tangent: Tree, queries: torch.Tensor, forward_map: ForwardMap
+) -> torch.Tensor:
+    """``|J u|^2`` of every row of ``phi`` ``{name: (R, ...)}``: one forward-mode pass through the
+    field observed at ``queries`` ``(R, N, d)``, along ``tangent`` (``phi``'s structure)."""
+    _, change = torch.func.jvp(lambda p: learner.observe(p, queries, forward_map), (phi,), (tangent,))
+    return change.square().flatten(1).sum(1)
 
 
 def gauss_newton_minimiser(

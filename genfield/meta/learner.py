@@ -17,6 +17,10 @@ never by parsing names): ``init/...`` (MAML's initialisation), ``prior_mean/...`
 ``adapt_keys``), ``inner_lr/...`` (Meta-SGD) and ``log_sigma`` (learned noise). They are the keys of
 meta-gradients; checkpoints store the modules' own state-dict keys (``init.network__...``).
 
+Compiling: ``compile`` (``"auto"``, ``True``, ``False``; :mod:`genfield.compiling`) decides whether
+the loss of every first-order inner step (FOMAML, Reptile, iMAML, iBaML, and every learner's
+test-time adaptation) runs through ``torch.compile``.
+
 Bad numerics: when a meta-gradient is not finite, or a conjugate-gradient solve misses its tolerance,
 :meth:`meta_gradient` warns with :class:`MetaStepSkipped` (naming the residual), returns zeros and
 :meth:`compute_gradients` writes nothing into ``.grad`` (so an optimizer whose gradients were reset
@@ -34,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from genfield.compiling import CompiledWhenWorth, check_compile
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.field import Field
@@ -106,8 +111,10 @@ class MetaLearner(Reconstructor):
         inner_optimizer: str = "sgd",
         adapt_keys: list[str] | str | None = None,
         seed: int = 0,
+        compile: bool | str = "auto",
     ) -> None:
         super().__init__()
+        check_compile(compile, f"{self.name}")
         if self.needs_double_backward and not field.supports_double_backward:
             raise InputError(
                 f"meta-learner {self.name!r} needs double backward through the field, which this "
@@ -124,6 +131,8 @@ class MetaLearner(Reconstructor):
             {_module_key(k): nn.Parameter(v) for k, v in initial.items() if k not in self.adapt_names}
         )
         self._initial = {k: initial[k] for k in self.adapt_names}
+        #: Runs the losses of first-order inner steps, eager or compiled (:meth:`first_order_loss`).
+        self.compiled_inner = CompiledWhenWorth(compile, f"{self.name} inner loop")
 
     # -- parameters -----------------------------------------------------------------------------
     @staticmethod
@@ -154,6 +163,15 @@ class MetaLearner(Reconstructor):
     def observe(self, params: Tree, queries: torch.Tensor, forward_map: ForwardMap) -> torch.Tensor:
         """Predicted observations ``(S, N, c)`` of per-signal ``params`` ``{name: (S, ...)}``."""
         return forward_map(self.field.bind({**params, **self.shared_params()}), queries)
+
+    @staticmethod
+    def first_order_loss(learner: MetaLearner, params: Tree, obs: Observations, forward_map: ForwardMap):
+        """The loss each first-order inner step differentiates once (``learner``'s own; iBaML's
+        Monte-Carlo NLL of its draws). First-order inner loops call it through
+        :attr:`compiled_inner`, compiled with ``compile=True`` or once they have run long enough
+        (``"auto"``, :class:`~genfield.compiling.CompiledWhenWorth`); a backpropagated (MAML) or
+        twice-differentiated trajectory calls the eager methods directly."""
+        raise NotImplementedError
 
     # -- meta-gradient ---------------------------------------------------------------------------
     def _outer_and_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor]]:
@@ -200,9 +218,7 @@ class MetaLearner(Reconstructor):
         """After each count of ``budget["adapt_steps"]`` adaptation steps."""
         return [(f"{k} steps", int(k)) for k in budget["adapt_steps"]]
 
-    def adapt(
-        self, context: Observations, forward_map: ForwardMap, steps: int | None = None
-    ) -> AdaptedState:
+    def adapt(self, context: Observations, forward_map: ForwardMap, steps: int | None = None) -> AdaptedState:
         raise NotImplementedError
 
     def predict(
