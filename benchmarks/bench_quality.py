@@ -6,7 +6,7 @@ signals and context for every row; nothing is tuned here, so no validation signa
 
 * ``faces-10``, ``glyphs-10``: images from 10 % of the pixels;
 * ``faces-all``: every pixel as context (the Learned-Initializations setting): meta-init after 2
-  steps against random init after 100 (MAML trained for those 2 steps, with Meta-SGD rates);
+  steps against random init after 100 (MAML trained for those 2 steps, with learned per-layer rates);
 * ``ct-2``, ``ct-8``: CT phantoms from 2 and 8 even views (``eval_context_angles``), at compare.yaml's
   small CT sizes;
 * ``shapes-300``: occupancy from 300 labelled points;
@@ -76,8 +76,9 @@ CELLS: dict[str, dict[str, Any]] = {
         "data": "faces",
         "overrides": {"context_fraction": 1.0},
         "target": Target(0.0, ("baseline",), learned_steps=2, reference_steps=100),
-        # scored after 2 steps, so MAML trains for those 2 with learned per-weight rates (Meta-SGD)
-        "methods": {"maml": {"options": {"inner_steps": 2, "meta_sgd": True}}},
+        # scored after 2 steps, so MAML trains for those 2 with learned per-layer rates (Meta-SGD
+        # rates shaped as MAML++'s; docs/decisions.md)
+        "methods": {"maml": {"options": {"inner_steps": 2, "meta_sgd": True, "inner_lr_per": "layer"}}},
     },
     "ct-2": {
         "data": "ct_phantoms",
