@@ -93,14 +93,14 @@ def run_cell(side: int, width: int, layers: int, reps: int) -> dict:
     }
 
 
-def build_learner(side: int, width: int, layers: int, signals: int, method: str, compile: bool, **overrides):
+def build_learner(side: int, width: int, layers: int, signals: int, method: str, compile: bool):
     """``method`` as ``compare`` builds it (iBaML with seeded noise, so that two learners draw the
-    same), with ``compile`` and ``overrides`` among its options; a batch of ``signals`` faces."""
+    same), with ``compile`` among its options; a batch of ``signals`` faces."""
     bundle = build_data({**load_group("data", "faces"), "size": side})
     field = build_field_for({"preset": "siren", "options": {"hidden": width, "n_layers": layers}}, bundle)
     cfg = load_group("method", method)
     seeded = {"noise_seed": 0} if method == "ibaml" else {}
-    cfg = {**cfg, "options": {**cfg["options"], **seeded, **overrides, "compile": compile}}
+    cfg = {**cfg, "options": {**cfg["options"], **seeded, "compile": compile}}
     model = build_method(cfg, field, bundle)
     batch = bundle.train_split([bundle.train[i] for i in range(signals)], seeded_generator(0, 1))
     return model, batch

@@ -81,5 +81,5 @@ def test_auto_compiles_once_the_inner_loops_have_taken_long_enough(monkeypatch):
 @pytest.mark.parametrize("bad", [1, "on", None])
 def test_a_bad_compile_value_names_the_learner(bad):
     field = build_field("siren", head="grey", hidden=16, n_layers=2)
-    with pytest.raises(InputError, match="ibaml compile must be true, false or 'auto'"):
+    with pytest.raises(InputError, match="ibaml inner loop compile must be true, false or 'auto'"):
         build_meta_learner("ibaml", field, compile=bad)

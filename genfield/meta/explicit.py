@@ -154,7 +154,9 @@ class InitLearner(MetaLearner):
             )
 
     @staticmethod
-    def first_order_loss(learner: MetaLearner, params: Tree, obs: Observations, forward_map: ForwardMap):
+    def first_order_loss(
+        learner: MetaLearner, params: Tree, obs: Observations, forward_map: ForwardMap
+    ) -> torch.Tensor:
         """The inner objective of every signal, summed (:meth:`inner_loss`; iMAML's proximal term
         included)."""
         return learner.inner_loss(params, obs, forward_map).sum()

@@ -279,7 +279,9 @@ class IBaML(MetaLearner):
         return Posterior({k: grad_mu[k] for k in mu}, {k: grad_rho[k] for k in rho})
 
     @staticmethod
-    def first_order_loss(learner: MetaLearner, phi: Tree, obs: Observations, forward_map: ForwardMap):
+    def first_order_loss(
+        learner: MetaLearner, phi: Tree, obs: Observations, forward_map: ForwardMap
+    ) -> torch.Tensor:
         """``sum_j NLL(w_j) / M`` of the context ``obs`` at the draws ``phi`` ``{name: (M S, ...)}``
         (draw-major, :meth:`draws`): the one term of :meth:`free_energy_gradient` that needs the
         field's backward."""

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from genfield.compiling import CompiledWhenWorth, check_compile
+from genfield.compiling import CompiledWhenWorth
 from genfield.datasets.batch import Observations, SignalBatch
 from genfield.errors import InputError
 from genfield.fields.field import Field
@@ -114,7 +114,9 @@ class MetaLearner(Reconstructor):
         compile: bool | str = "auto",
     ) -> None:
         super().__init__()
-        check_compile(compile, f"{self.name}")
+        #: Runs the losses of first-order inner steps, eager or compiled (:meth:`first_order_loss`);
+        #: it validates ``compile`` first, before anything is built.
+        self.compiled_inner = CompiledWhenWorth(compile, f"{self.name} inner loop")
         if self.needs_double_backward and not field.supports_double_backward:
             raise InputError(
                 f"meta-learner {self.name!r} needs double backward through the field, which this "
@@ -131,8 +133,6 @@ class MetaLearner(Reconstructor):
             {_module_key(k): nn.Parameter(v) for k, v in initial.items() if k not in self.adapt_names}
         )
         self._initial = {k: initial[k] for k in self.adapt_names}
-        #: Runs the losses of first-order inner steps, eager or compiled (:meth:`first_order_loss`).
-        self.compiled_inner = CompiledWhenWorth(compile, f"{self.name} inner loop")
 
     # -- parameters -----------------------------------------------------------------------------
     @staticmethod
@@ -165,7 +165,9 @@ class MetaLearner(Reconstructor):
         return forward_map(self.field.bind({**params, **self.shared_params()}), queries)
 
     @staticmethod
-    def first_order_loss(learner: MetaLearner, params: Tree, obs: Observations, forward_map: ForwardMap):
+    def first_order_loss(
+        learner: MetaLearner, params: Tree, obs: Observations, forward_map: ForwardMap
+    ) -> torch.Tensor:
         """The loss each first-order inner step differentiates once (``learner``'s own; iBaML's
         Monte-Carlo NLL of its draws). First-order inner loops call it through
         :attr:`compiled_inner`, compiled with ``compile=True`` or once they have run long enough
