@@ -37,6 +37,8 @@ def describe_machine(device: str = "cpu") -> dict[str, Any]:
         "device": device,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if hasattr(os, "getloadavg"):  # a shared machine's figures are slower; say how shared it was
+        info["load_average_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda

@@ -87,6 +87,7 @@ def test_kind_presets_and_default_tokenizers_come_from_the_specs():
             "local_features": True,
             "local_options": {"resolution": 16, "channels": (16, 32, 64), "scales": (1.0, 2.0)},
         },
+        ("ponp", "views"): {"local_features": True},
     }
     assert DEFAULT_TOKENIZER == {
         "image": "points",

@@ -403,13 +403,16 @@ def test_context_subsampling_partitions_the_context_into_context_and_target():
         assert matches.sum(0).tolist() == [1] * a
 
 
-def test_kind_options_and_local_feature_errors():
+def test_kind_options_and_local_feature_errors(monkeypatch):
     fc = image_field()
     model = build_process("cnp", fc, "image", width=16, by_kind={"image": {"width": 24}, "ct": {"width": 8}})
     assert model.config.width == 24
     with pytest.raises(InputError, match="by_kind"):
         build_process("cnp", fc, "image", by_kind={"pictures": {}})
     view_field = field_config("siren", in_dim=3, head="radiance", hidden=16, n_layers=2)
+    from genfield.kinds import get_kind
+
+    monkeypatch.setattr(get_kind("views"), "local_features", None)  # a kind that names no part
     with pytest.raises(
         InputError, match=r"local_features .* kind 'views'; available: \['image', 'ct', 'shape'\]"
     ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -69,7 +70,10 @@ class ViewsKind(KindSpec):
     in_dim = 3
     metric = "psnr"
     tokenizer = "patches"
+    local_features = "projection"
     forward_map = "volume"
+    #: pixelNeRF's projected context features on a 16^3 grid (docs/decisions.md: PONP's views defaults)
+    process_defaults = MappingProxyType({"ponp": {"local_features": True}})
     baselines = (classical("nearest-view"),)
     accepts = ("views",)
     describe = "a NeRF-synthetic scene folder (transforms*.json + images)"
@@ -85,7 +89,7 @@ class ViewsKind(KindSpec):
             folder = cache_folder(cfg, "views")
             dataset = builtin_views(
                 folder,
-                n_scenes=int(option(cfg, "n_signals", 16)),
+                n_scenes=int(option(cfg, "n_signals", 128)),
                 seed=seed,
                 **given(cfg, "n_views", "size"),
             )

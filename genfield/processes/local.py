@@ -27,6 +27,9 @@ multilinear interpolation (:func:`sample_grid`) and is modulated by it per point
   (:mod:`genfield.processes.unet`), so each point reads features of its neighbourhood at several
   scales. A grid field read at the cell centres is the identity, so at ``resolution`` equal to the
   image side the input holds the context exactly.
+* :class:`~genfield.processes.projection.ProjectionFeatures` (views): pixelNeRF's projection itself,
+  the volume renderer having no adjoint: each cell of a grid over the field cube reads the context
+  images where it projects into them.
 
 ``LOCAL_FEATURES`` names the parts; each kind's spec (:mod:`genfield.kinds`) says which it reads,
 and kinds without one raise :class:`~genfield.errors.InputError` when ``local_features`` is asked for.
@@ -48,6 +51,7 @@ from genfield.forward.base import ForwardMap
 from genfield.forward.ct import filter_sinogram
 from genfield.forward.grid import grid_field
 from genfield.processes.encoders import MLP
+from genfield.processes.projection import ProjectionFeatures
 from genfield.processes.tokenizers import angle_features, detector_count
 from genfield.processes.unet import UNet
 
@@ -255,7 +259,11 @@ def gaussian_blur(grid: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 #: The local-feature parts by name; each kind's spec names its own (``KindSpec.local_features``).
-LOCAL_FEATURES = {"back_projection": BackProjectionFeatures, "set_convolution": SetConvFeatures}
+LOCAL_FEATURES = {
+    "back_projection": BackProjectionFeatures,
+    "set_convolution": SetConvFeatures,
+    "projection": ProjectionFeatures,
+}
 
 
 def build_local_features(kind: str, value_dim: int, width: int, **options) -> nn.Module:

@@ -164,7 +164,9 @@ def builtin_views(
         if (folder / stale).is_dir() and Path(stale).name == stale:
             shutil.rmtree(folder / stale)
     manifest_path.unlink(missing_ok=True)
-    for i, name in enumerate(names):
+    from tqdm import tqdm
+
+    for i, name in enumerate(tqdm(names, desc="rendering built-in views", unit="scene", leave=False)):
         _write_scene(folder / name, np.random.default_rng([seed, i]), n_views, n_test_views, size)
     manifest = {
         "format": "genfield builtin_views",
