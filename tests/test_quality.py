@@ -82,3 +82,19 @@ def test_tiny_learned_method_beats_the_mean_signal_on_held_out_faces(tmp_path):
     learned = max(r.value for r in rows if r.method == "maml" and math.isfinite(r.value))
     mean = next(r.value for r in rows if r.method == "mean")
     assert learned > mean
+
+
+def test_wall_time_is_given_per_cell_and_summed_per_kind():
+    from benchmarks.bench_quality import wall_time_lines
+
+    cells = [
+        {"cell": "ct-2", "wall_seconds": 120.0},
+        {"cell": "faces-10", "wall_seconds": 30.0},
+        {"cell": "ct-8", "wall_seconds": 60.0},
+        {"cell": "glyphs-10"},  # untimed (a run from before the timing): left out
+    ]
+    lines = wall_time_lines(cells)
+    assert "| ct-2 | ct | 2.0 |" in lines and "| faces-10 | image | 0.5 |" in lines
+    assert "| all ct cells | ct | 3.0 |" in lines and "| all image cells | image | 0.5 |" in lines
+    assert not any("glyphs-10" in line for line in lines)
+    assert wall_time_lines([{"cell": "ct-2"}]) == []
