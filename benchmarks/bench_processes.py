@@ -8,7 +8,10 @@
   ``torch.cuda.max_memory_allocated``; on CPU the live peak of the bytes autograd saves for
   backward, which is what a training step keeps alive.
 
-Run ``python -m benchmarks.bench_processes [--quick] [--device cuda]``.
+* ``--part views``: one PONP training step on a batch of the built-in views, with and without the
+  projected local features (:mod:`genfield.processes.projection`), interleaved in one run.
+
+Run ``python -m benchmarks.bench_processes [--quick] [--device cuda] [--part views]``.
 """
 
 from __future__ import annotations
@@ -57,12 +60,41 @@ def peak_training_memory(model, batch: SignalBatch, device: str) -> Measurement:
     return result
 
 
+def views_local_cost(device: str, reps: int) -> dict:
+    """Seconds per PONP training step on one built-in views batch, tokens only and with the
+    projected features (the views default), interleaved; their ratio."""
+    from benchmarks._machine import interleaved_seconds
+    from genfield.builders import build_data, build_field_for, build_method
+    from genfield.comparison import load_group
+    from genfield.datasets.sampling import StepBatches
+
+    bundle = build_data(load_group("data", "views"), seed=0)
+    batch = next(iter(StepBatches(bundle.train, bundle.train_split, bundle.batch_size, 0))).to(device)
+    field = build_field_for(load_group("field", "siren"), bundle)
+    configs = {  # the method config as compare builds it, the features switched off and on
+        name: load_group("method", "ponp", {"options": {"local_features": local}})
+        for name, local in (("tokens", False), ("projected", True))
+    }
+    models = {name: build_method(cfg, field, bundle) for name, cfg in configs.items()}
+    models = {name: model.to(device) for name, model in models.items()}
+    seconds = interleaved_seconds(
+        {name: (lambda m=m: m.compute_gradients(batch)) for name, m in models.items()}, reps, device
+    )
+    return {"batch": bundle.batch_size, "seconds": seconds, "ratio": seconds["projected"] / seconds["tokens"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--part", choices=("image", "views"), default="image")
     args = parser.parse_args()
     device = args.device
+    if args.part == "views":
+        results = views_local_cost(device, reps=3 if args.quick else 10)
+        print(results)
+        save_results("bench_processes_views" + ("_quick" if args.quick else ""), results, device)
+        return
     side, hidden, k = (16, 32, 10) if args.quick else (64, 128, 100)
     fc = field_config("fourier", in_dim=2, head="grey", hidden=hidden, n_layers=3, fourier_features=64)
     model = build_process("ponp", fc, "image", width=64 if args.quick else 128).to(device)
