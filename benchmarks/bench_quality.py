@@ -2,7 +2,8 @@
 
 Each cell is one data kind at one documented sparse setting, run through
 :func:`genfield.comparison.run_comparison` (same field, same meta-batches, the same held-out *test*
-signals and context for every row; nothing is tuned here, so no validation signal is used):
+signals and context for every row; the validation signals only pick each method's best weights,
+``budget.validations`` times in a run, and calibrate its std; nothing is tuned on the test signals):
 
 * ``faces-10``, ``glyphs-10``: images from 10 % of the pixels;
 * ``faces-all``: every pixel as context (the Learned-Initializations setting): meta-init after 2
@@ -22,6 +23,10 @@ derived from), and the central 90 % interval coverage of every row whose predict
     OMP_NUM_THREADS=1 python -m benchmarks.bench_quality --budget small --kinds faces-10 glyphs-10 ct-8
     OMP_NUM_THREADS=1 python -m benchmarks.bench_quality --kinds glyphs-10 --set meta_steps=2000 batch_size=8
     python -m benchmarks.bench_quality --budget quality --steps-factor 10 --tag x10   # the 10x check
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_quality --kinds ct --jobs 2   # a kind on both cores
+
+A cell may carry budget entries of its own for a preset (``budgets``: a batch or a method's steps
+where its cost allows within the preset's hour); ``--set`` wins over them.
 
 Writes ``benchmarks/results/bench_quality[_<tag>].json`` (machine described) and ``.md``.
 """
@@ -30,15 +35,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import yaml
 
-import genfield.calibration as calibration
 import genfield.comparison as comparison
 from benchmarks._machine import RESULTS, save_results
 from genfield.comparison import LEARNED_ROUTES, load_group
@@ -71,18 +77,26 @@ class Target:
 
 
 CELLS: dict[str, dict[str, Any]] = {
-    "faces-10": {"data": "faces", "overrides": {"context_fraction": 0.1}, "target": Target(1.5)},
-    "glyphs-10": {"data": "glyphs", "overrides": {"context_fraction": 0.1}, "target": Target(1.5)},
+    # first: with --jobs, the longest cell of the image kind starts at once
     "faces-all": {
         "data": "faces",
         "overrides": {"context_fraction": 1.0},
         "target": Target(0.0, ("baseline",), learned_steps=2, reference_steps=100),
         # scored after 2 steps, so MAML trains for those 2 with learned per-layer rates (Meta-SGD
-        # rates shaped as MAML++'s; docs/decisions.md)
+        # rates shaped as MAML++'s), and at the quality preset for 40x its steps, which a 2-step
+        # MAML step makes cheap (docs/decisions.md)
         "methods": {"maml": {"options": {"inner_steps": 2, "meta_sgd": True, "inner_lr_per": "layer"}}},
+        "budgets": {"quality": {"method_steps": {"maml": 20000}}},
         # the claim is about initialisations; the process routes at every pixel cost most of the
         # cell's time (docs/decisions.md)
         "skip": ("ponp", "prior_residual"),
+    },
+    "faces-10": {"data": "faces", "overrides": {"context_fraction": 0.1}, "target": Target(1.5)},
+    "glyphs-10": {
+        "data": "glyphs",
+        "overrides": {"context_fraction": 0.1},
+        "target": Target(1.5),
+        "budgets": {"quality": {"batch_size": 8}},  # the demo's batch (docs/decisions.md)
     },
     "ct-2": {
         "data": "ct_phantoms",
@@ -111,6 +125,7 @@ QUICK_BUDGET = {
     "adapt_steps": [0, 2],
     "tto_steps": 2,
     "random_init_steps": [10, 100],
+    "validations": 1,
 }
 METHODS = ["maml", "reptile", "ibaml", "ponp", "prior_residual", "random_init"]
 
@@ -132,10 +147,22 @@ def get_kind_of(cell: str) -> str:
     return str(load_group("data", CELLS[cell]["data"])["kind"])
 
 
-def coverage_of(prediction, batch, level: float = 0.9) -> float | None:
-    """Mean over signals of the central ``level`` interval coverage (unobserved pixels on images)."""
-    per_signal = calibration.coverage(prediction, batch, level)
-    return None if per_signal is None else per_signal.mean().item()
+def cell_budget(
+    cell: str,
+    budget: Mapping[str, Any],
+    preset: str,
+    steps_factor: float = 1.0,
+    given: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The budget a cell runs at: the preset's, the cell's own entries for that preset
+    (``CELLS[cell]["budgets"][preset]``) over it, the command line's ``given`` over both, and every
+    meta-step count times ``steps_factor``."""
+    merged = {**budget, **CELLS[cell].get("budgets", {}).get(preset, {}), **(given or {})}
+    scale = lambda n: max(1, round(int(n) * steps_factor))  # noqa: E731
+    merged["meta_steps"] = scale(merged["meta_steps"])
+    if merged.get("method_steps"):
+        merged["method_steps"] = {m: scale(n) for m, n in merged["method_steps"].items()}
+    return merged
 
 
 def merged_overrides(
@@ -161,26 +188,18 @@ def run_cell(
     spec = CELLS[cell]
     data_cfg = load_group("data", spec["data"], spec["overrides"])
     method_overrides = merged_overrides(spec.get("methods", {}), method_overrides or {})
-    real_evaluate = comparison.evaluate
     rows: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     skipped = [m for m in methods if m in spec.get("skip", ())]
     for method in [m for m in methods if m not in skipped]:
-        recorded: list[float | None] = []
-
-        def recording_evaluate(method, batch, steps=None, num_samples=16, recorded=recorded):
-            evaluation = real_evaluate(method, batch, steps=steps, num_samples=num_samples)
-            recorded.append(coverage_of(evaluation.prediction, batch))
-            return evaluation
-
-        comparison.evaluate = recording_evaluate  # every non-classical row is one evaluate call, in order
+        steps = {k: v for k, v in (budget.get("method_steps") or {}).items() if k == method}
         try:
             with tempfile.TemporaryDirectory() as out:
                 found = comparison.run_comparison(
                     [data_cfg],
                     [method],
                     "siren",
-                    budget,
+                    {**budget, "method_steps": steps},
                     out,
                     seed,
                     "cpu",
@@ -190,15 +209,9 @@ def run_cell(
         except Exception as error:  # noqa: BLE001 - a diverged method is a result, reported in the table
             failed[method] = f"{type(error).__name__}: {error}"
             continue
-        finally:
-            comparison.evaluate = real_evaluate
-        evaluated = iter(recorded)
         have_classical = any(row["route"] == "classical" for row in rows)
-        for r in found:
-            if r.route == "classical" and have_classical:
-                continue  # the classical rows of the first method's run stand for the cell
-            rows.append({**asdict(r), "coverage90": None if r.route == "classical" else next(evaluated)})
-    steps = int(budget["meta_steps"])
+        # the classical rows of the first method's run stand for the cell
+        rows += [asdict(r) for r in found if not (r.route == "classical" and have_classical)]
     return {
         "cell": cell,
         "data": spec["data"],
@@ -207,8 +220,11 @@ def run_cell(
         "rows": rows,
         "failed": failed,
         "skipped": skipped,
+        "budget": dict(budget),
         "seconds_per_meta_step": {
-            r["method"]: r["train_seconds"] / steps for r in rows if r["route"] in LEARNED_ROUTES and steps
+            r["method"]: r["train_seconds"] / comparison.meta_steps(budget, r["method"])
+            for r in rows
+            if r["route"] in LEARNED_ROUTES and comparison.meta_steps(budget, r["method"])
         },
     }
 
@@ -252,7 +268,9 @@ def _cell_text(row: Mapping[str, Any] | None) -> str:
     return f"{row['method']} ({row['setting']}) {row['value']:.2f}"
 
 
-def quality_markdown(cells: Sequence[Mapping[str, Any]], title: str) -> str:
+def quality_markdown(
+    cells: Sequence[Mapping[str, Any]], title: str, run: Mapping[str, Any] | None = None
+) -> str:
     """The quality table (one line per cell) and the coverage table (one line per row with a variance)."""
     lines = [
         f"# {title}",
@@ -303,7 +321,7 @@ def quality_markdown(cells: Sequence[Mapping[str, Any]], title: str) -> str:
         for r in cell["rows"]:
             if r.get("coverage90") is not None:
                 lines.append(f"| {cell['cell']} | {r['method']} | {r['setting']} | {r['coverage90']:.3f} |")
-    lines += wall_time_lines(cells)
+    lines += wall_time_lines(cells, run)
     lines += ["", "## seconds per meta-step", "", "| cell | method | s / step |", "|---|---|---|"]
     for cell in cells:
         for method, seconds in cell.get("seconds_per_meta_step", {}).items():
@@ -311,8 +329,11 @@ def quality_markdown(cells: Sequence[Mapping[str, Any]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def wall_time_lines(cells: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Wall time of each cell and of each data kind (training, evaluation and every baseline)."""
+def wall_time_lines(cells: Sequence[Mapping[str, Any]], run: Mapping[str, Any] | None = None) -> list[str]:
+    """Wall time of each cell, their sum per data kind (each cell holds one core) and of the run.
+
+    With ``--jobs`` above 1 the cells overlap, so the run's wall time is below the per-kind sum.
+    """
     timed = [c for c in cells if "wall_seconds" in c]
     if not timed:
         return []
@@ -322,7 +343,9 @@ def wall_time_lines(cells: Sequence[Mapping[str, Any]]) -> list[str]:
         kind = get_kind_of(cell["cell"])
         per_kind[kind] = per_kind.get(kind, 0.0) + cell["wall_seconds"]
         lines.append(f"| {cell['cell']} | {kind} | {cell['wall_seconds'] / 60:.1f} |")
-    lines += [f"| all {kind} cells | {kind} | {seconds / 60:.1f} |" for kind, seconds in per_kind.items()]
+    lines += [f"| all {kind} cells (sum) | {kind} | {total / 60:.1f} |" for kind, total in per_kind.items()]
+    if run:
+        lines.append(f"| whole run, {run['jobs']} at once | - | {run['wall_seconds'] / 60:.1f} |")
     return lines
 
 
@@ -336,6 +359,9 @@ def main() -> None:
         "--steps-factor", type=float, default=1.0, help="multiply meta_steps (10: the 10x check)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="cells run at once, one process each (2: both CPU cores)"
+    )
     parser.add_argument("--tag", default=None)
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="budget entries, e.g. batch_size=8"
@@ -357,28 +383,67 @@ def main() -> None:
         entry = method_overrides.setdefault(method, {"options": {}})
         (entry if key == "lr" else entry["options"])[key] = yaml.safe_load(value)  # lr: the outer rate
     budget = dict(QUICK_BUDGET) if args.quick else load_group("budget", args.budget)
+    given = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        if key not in budget or not value:
-            raise SystemExit(f"bench_quality: --set {item!r}: budget keys are {', '.join(budget)}")
-        budget[key] = yaml.safe_load(value)
-    budget["meta_steps"] = max(1, round(int(budget["meta_steps"]) * args.steps_factor))
+        if key not in {*budget, "method_steps"} or not value:
+            raise SystemExit(
+                f"bench_quality: --set {item!r}: budget keys are {', '.join(budget)}, method_steps"
+            )
+        given[key] = yaml.safe_load(value)
+    budget.update(given)
     name = "quick" if args.quick else args.budget
     tag = f"bench_quality_{args.tag or name}"
-    title = f"Quality benchmark ({name} budget, meta_steps={budget['meta_steps']}, seed {args.seed})"
-    cells = []
-    for cell in select_cells(args.kinds):
-        print(f"{cell} ...", flush=True)
-        start = time.perf_counter()
-        cells.append(run_cell(cell, budget, args.methods, args.seed, method_overrides))
-        cells[-1]["wall_seconds"] = time.perf_counter() - start
-        cells[-1]["verdict"] = judge(cells[-1]["rows"], CELLS[cell]["target"])
-        save_results(
-            tag, {"budget": budget, "methods": args.methods, "options": method_overrides, "cells": cells}
-        )  # after every cell
-        text = quality_markdown(cells, title)
-        (RESULTS / f"{tag}.md").write_text(text)
-    print(text)
+    steps = max(1, round(int(budget["meta_steps"]) * args.steps_factor))
+    title = f"Quality benchmark ({name} budget, meta_steps={steps}, seed {args.seed})"
+    chosen = select_cells(args.kinds)
+    jobs = [
+        (
+            cell,
+            cell_budget(cell, budget, name, args.steps_factor, given),
+            args.methods,
+            args.seed,
+            method_overrides,
+        )
+        for cell in chosen
+    ]
+    cells: list[dict[str, Any]] = []
+    run = {"jobs": args.jobs, "wall_seconds": 0.0}
+    start = time.perf_counter()
+
+    def record(cell: dict[str, Any]) -> None:
+        cells.append(cell)
+        cells.sort(key=lambda c: chosen.index(c["cell"]))
+        run["wall_seconds"] = time.perf_counter() - start
+        result = {"budget": budget, "methods": args.methods, "options": method_overrides, "run": run}
+        save_results(tag, {**result, "cells": cells})
+        (RESULTS / f"{tag}.md").write_text(quality_markdown(cells, title, run))  # after every cell
+
+    if args.jobs == 1:
+        for job in jobs:
+            record(timed_cell(*job))
+    else:  # one process per cell, ``--jobs`` at once (each with the one torch thread it inherits)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for done in as_completed([pool.submit(timed_cell, *job) for job in jobs]):
+                record(done.result())
+    print(quality_markdown(cells, title, run))
+
+
+def timed_cell(
+    cell: str,
+    budget: Mapping[str, Any],
+    methods: Sequence[str],
+    seed: int,
+    method_overrides: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """:func:`run_cell` with its wall time and verdict (what ``main`` runs, in this process or a worker)."""
+    print(f"{cell} ...", flush=True)
+    start = time.perf_counter()
+    result = run_cell(cell, budget, methods, seed, method_overrides)
+    result["wall_seconds"] = time.perf_counter() - start
+    result["verdict"] = judge(result["rows"], CELLS[cell]["target"])
+    print(f"{cell} done in {result['wall_seconds'] / 60:.1f} min", flush=True)
+    return result
 
 
 if __name__ == "__main__":

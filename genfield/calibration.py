@@ -102,18 +102,19 @@ def hold_std_scale(module: torch.nn.Module) -> None:
     module._register_load_state_dict_pre_hook(default)
 
 
-def calibrate(method: Any, batch: SignalBatch, level: float = 0.9) -> float | None:
+def calibrate(method: Any, batch: SignalBatch, level: float = 0.9, steps: int | None = None) -> float | None:
     """Set ``method.std_scale`` (a method that holds one, :func:`hold_std_scale`: the neural
-    processes and iBaML) from its prediction of validation ``batch`` at its default steps; return
-    the factor, or ``None`` if the method has none or reports no variance. The factor is stored in
-    the method's weights, so a checkpoint keeps it."""
+    processes, ``prior_residual`` and iBaML) from its prediction of validation ``batch`` after
+    ``steps`` adaptation / test-time steps (``None``: its default); return the factor, or ``None``
+    if the method has none or reports no variance. The factor is stored in the method's weights, so
+    a checkpoint keeps it (the one of the steps last calibrated at)."""
     from genfield.evaluation import evaluate
 
     holder = getattr(method, STD_SCALE, None)
     if not isinstance(holder, torch.Tensor):
         return None
     holder.fill_(1.0)
-    prediction = evaluate(method, batch).prediction  # its own inner / test-time steps
+    prediction = evaluate(method, batch, steps=steps).prediction
     if prediction.variance is None:
         return None
     factor = std_scale(prediction, batch, level)

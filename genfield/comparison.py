@@ -32,14 +32,14 @@ import torch
 from omegaconf import OmegaConf
 
 from genfield.builders import build_data, build_field_for, build_method, method_target
-from genfield.calibration import calibrate
+from genfield.calibration import calibrate, coverage
 from genfield.datasets.sampling import StepBatches
 from genfield.errors import InputError
 from genfield.evaluation import evaluate
 from genfield.kinds import KindSpec, get_kind
 from genfield.profiling import measure
 from genfield.targets import built_class, locate
-from genfield.training import TrainConfig, resolve_device, train
+from genfield.training import TrainConfig, load_best, resolve_device, train
 
 if TYPE_CHECKING:
     from genfield.classical.base import Baseline
@@ -73,6 +73,11 @@ class Row:
     seconds_per_signal: float
     peak_mib: float
     train_seconds: float
+    #: the central 90 % interval's coverage of the held-out values (``None``: no variance)
+    coverage90: float | None = None
+    #: the meta-step whose weights were scored: the best on validation (``budget.validations``), else
+    #: the last; ``None`` for what does not train
+    weights_step: int | None = None
 
 
 def run_comparison(
@@ -110,6 +115,7 @@ def run_comparison(
         data_name, bundle = str(data_cfg["name"]), build_data(data_cfg, seed=seed)
         spec = get_kind(bundle.kind)
         test_batch = bundle.eval_batch("test", seed=seed).to(torch_device)
+        val_batch = bundle.eval_batch("val", seed=seed).to(torch_device)
         field_cfg = load_group("field", field, {"options": dict(field_overrides or {})})
         predictions, trained = {}, {}
         from genfield.classical import LINEAR_PRIORS  # scikit-image and SciPy: once baselines run
@@ -130,23 +136,29 @@ def run_comparison(
             method = build_method(method_cfg, build_field_for(field_cfg, bundle), bundle).to(torch_device)
             batches = StepBatches(bundle.train, bundle.train_split, bundle.batch_size, seed)
             steps = meta_steps(budget, method_name) if method.learns_from_collection else 0
+            every = validation_every(budget, steps)
             result = train(
                 method,
                 batches,
                 TrainConfig(
                     steps=steps,
                     lr=float(method_cfg["lr"]),
-                    val_every=10**9,
+                    val_every=every or 10**9,
                     checkpoint_every=max(steps, 1),
                     progress=progress,
                 ),
                 out / data_name / method_name,
+                validate=(lambda m, val=val_batch: evaluate(m, val).summary()) if every else None,
                 device=torch_device,
                 label=f"{method_name} on {data_name}",
             )
-            if steps:  # a learned std is recalibrated on the validation signals (never the test ones)
-                calibrate(method, bundle.eval_batch("val", seed=seed).to(torch_device))
+            best = load_best(method, result)  # the best weights on validation, where it validated
+            weights_step = (best["step"] if best else result.steps) if steps else None
             for setting, adapt_steps in method.settings(budget):
+                if steps:  # a learned std is recalibrated on the validation signals (never the test
+                    # ones), at the steps it is scored at: the spread of an adapted posterior changes
+                    # with the adaptation steps
+                    calibrate(method, val_batch, steps=adapt_steps)
                 with measure(torch_device) as cost:
                     evaluation = evaluate(method, test_batch, steps=adapt_steps)
                 rows.append(
@@ -162,6 +174,8 @@ def run_comparison(
                         cost.seconds / test_batch.num_signals,
                         cost.peak_mib,
                         result.seconds,
+                        mean_coverage(evaluation.prediction, test_batch),
+                        weights_step,
                     )
                 )
             predictions[method_name] = evaluation.prediction  # at the method's largest budget
@@ -179,6 +193,25 @@ def meta_steps(budget: Mapping[str, Any], method: str) -> int:
     budget, and the table's ``train s`` column shows what each was given.
     """
     return int((budget.get("method_steps") or {}).get(method, budget["meta_steps"]))
+
+
+def mean_coverage(prediction: Prediction, batch, level: float = 0.9) -> float | None:
+    """The mean over signals of the central ``level`` interval's coverage (unobserved pixels on
+    images, :func:`genfield.calibration.coverage`); ``None`` for a prediction without a variance."""
+    per_signal = coverage(prediction, batch, level)
+    return None if per_signal is None else per_signal.mean().item()
+
+
+def validation_every(budget: Mapping[str, Any], steps: int) -> int | None:
+    """Validate every ``steps // budget.validations`` meta-steps (``None``: never, the last weights
+    are scored). Keeping the best weights on the validation signals is what stops a recipe that
+    degrades late (MAML's outer loop past its preset) from being scored at its worst; ``validations``
+    counts checks per run, so a 10x run validates as often, and its step at the preset's end is one.
+    """
+    count = int(budget.get("validations") or 0)
+    if not count or not steps:
+        return None
+    return max(steps // count, 1)
 
 
 def _data_config(data: str | Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]]) -> dict:

@@ -157,6 +157,7 @@ COMPARE_RULES: dict[str, Rule] = {
     "budget.adapt_steps": _step_list(0),
     "budget.tto_steps": COUNT0,
     "budget.random_init_steps": _step_list(1),
+    "budget.validations": COUNT0,
 }
 
 

@@ -104,3 +104,22 @@ def test_genfield_train_writes_the_calibrated_factor_into_its_checkpoint(tmp_pat
     assert summary["std_scale"] is not None and summary["std_scale"] > 0
     stored = load_file(str(tmp_path / "checkpoints" / "last.safetensors"))
     assert float(stored["model/std_scale"]) == pytest.approx(summary["std_scale"])
+
+
+def test_calibration_at_a_step_count_reads_the_prediction_after_those_steps():
+    from genfield.evaluation import evaluate
+
+    torch.manual_seed(0)
+    fc = field_config("siren", in_dim=2, head="grey", hidden=16, n_layers=2)
+    model = build_process(
+        "cnp", fc, "image", width=16, depth=1, tto_steps=3, tto_lr=0.05, tto_params="decoder"
+    )
+    batch = image_batch(torch.rand(2, 8, 8, 1), 0.3)
+    factors = {}
+    for steps in (0, 3):
+        model.std_scale.fill_(1.0)  # the prediction as the model makes it
+        reference = std_scale(evaluate(model, batch, steps=steps).prediction, batch)
+        factors[steps] = calibrate(model, batch, steps=steps)
+        assert factors[steps] == pytest.approx(reference, rel=1e-5)
+        assert float(model.std_scale) == pytest.approx(factors[steps])
+    assert factors[0] != pytest.approx(factors[3], rel=1e-3)  # test-time steps change the spread

@@ -1,5 +1,7 @@
 """The comparison's verdict: the best learned row against the best reference, per dataset."""
 
+import pytest
+
 from genfield.comparison import Row, results_markdown, verdict
 
 
@@ -89,3 +91,52 @@ def test_compare_trains_the_prior_residual_from_the_gaussian_prior_of_the_same_c
     # three steps from a zero-initialised residual: the method is still the baseline's prior
     assert abs(value["prior_residual"] - value["gaussian-prior"]) < 0.3
     assert value["prior_residual"] > value["mean"]
+
+
+def test_compare_scores_the_best_weights_on_validation(tmp_path):
+    import csv
+
+    from genfield.builders import build_data, build_field_for, build_method
+    from genfield.checkpoint import load_checkpoint
+    from genfield.comparison import load_group, run_comparison
+    from genfield.evaluation import evaluate
+
+    data = {"n_signals": 48, "size": 8, "context_fraction": 0.3}
+    budget = {**load_group("budget", "tiny"), "meta_steps": 6, "validations": 3, "adapt_steps": [0, 2]}
+    # an outer rate far too large: training degrades after its first check, so the best is not the last
+    overrides = {"maml": {"lr": 0.3}}
+    rows = run_comparison(
+        ["glyphs"],
+        ["maml"],
+        "siren",
+        budget,
+        tmp_path,
+        device="cpu",
+        data_overrides={"glyphs": data},
+        method_overrides=overrides,
+        field_overrides={"hidden": 16, "n_layers": 2},
+        progress=False,
+    )
+    with (tmp_path / "glyphs" / "maml" / "validation.csv").open() as file:
+        checks = [(int(r["step"]), float(r["psnr"])) for r in csv.DictReader(file)]
+    assert [step for step, _ in checks] == [2, 4, 6]
+    best_step = max(checks, key=lambda c: c[1])[0]
+    assert best_step < 6
+    learned = [r for r in rows if r.method == "maml"]
+    assert {r.weights_step for r in learned} == {best_step}
+    assert all(r.coverage90 is None for r in learned)  # MAML reports no variance
+    # the rows are the best checkpoint's scores, reloaded and evaluated independently
+    config = {**load_group("data", "glyphs", data), "batch_size": budget["batch_size"]}
+    config["eval_signals"] = budget["eval_signals"]
+    bundle = build_data(config, seed=0)
+    fresh = build_method(
+        load_group("method", "maml", overrides["maml"]),
+        build_field_for(load_group("field", "siren", {"options": {"hidden": 16, "n_layers": 2}}), bundle),
+        bundle,
+    )
+    load_checkpoint(
+        tmp_path / "glyphs" / "maml" / "checkpoints" / "best.safetensors", fresh, restore_rng=False
+    )
+    test = bundle.eval_batch("test", seed=0)
+    for row in learned:
+        assert row.value == pytest.approx(evaluate(fresh, test, steps=row.steps).summary()["psnr"], abs=1e-4)

@@ -201,3 +201,22 @@ def test_scoring_on_the_ground_truth_is_the_squared_error_of_the_slice():
     torch.testing.assert_close(metrics["mse"], expected)
     with pytest.raises(InputError, match="prior_residual score 'pixels'"):
         method_for("ct", 1, None, score="pixels")
+
+
+def test_the_calibrated_factor_scales_what_is_predicted_and_never_what_trains():
+    torch.manual_seed(0)
+    train = images(30, 6, 1, seed=0)
+    batch = image_batch(torch.stack([s.image for s in images(3, 6, 1, seed=1)]), 0.4)
+    method = method_for("image", 1, train)
+    torch.nn.init.normal_(method.scale_head.weight, std=0.1)  # a trained-looking variance head
+    args = (batch.context, batch.forward_map, batch.target.queries, batch.forward_map)
+    before, loss = method.reconstruct(*args), method.compute_gradients(batch)["loss"]
+    state = {k: v.clone() for k, v in method.state_dict().items() if k != "std_scale"}
+    method.std_scale.fill_(2.0)
+    after = method.reconstruct(*args)
+    torch.testing.assert_close(after.mean, before.mean)
+    torch.testing.assert_close(after.variance, 4 * before.variance)
+    torch.testing.assert_close(after.noise_variance, 4 * before.noise_variance)
+    torch.testing.assert_close(method.compute_gradients(batch)["loss"], loss)
+    method.load_state_dict(state)  # a checkpoint written before the factor existed
+    assert float(method.std_scale) == 1.0

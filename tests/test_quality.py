@@ -93,8 +93,25 @@ def test_wall_time_is_given_per_cell_and_summed_per_kind():
         {"cell": "ct-8", "wall_seconds": 60.0},
         {"cell": "glyphs-10"},  # untimed (a run from before the timing): left out
     ]
-    lines = wall_time_lines(cells)
+    lines = wall_time_lines(cells, {"jobs": 2, "wall_seconds": 150.0})
     assert "| ct-2 | ct | 2.0 |" in lines and "| faces-10 | image | 0.5 |" in lines
-    assert "| all ct cells | ct | 3.0 |" in lines and "| all image cells | image | 0.5 |" in lines
+    assert "| all ct cells (sum) | ct | 3.0 |" in lines and "| all image cells (sum) | image | 0.5 |" in lines
+    assert lines[-1] == "| whole run, 2 at once | - | 2.5 |"
     assert not any("glyphs-10" in line for line in lines)
+    assert not any("whole run" in line for line in wall_time_lines(cells))
     assert wall_time_lines([{"cell": "ct-2"}]) == []
+
+
+def test_a_cells_own_budget_applies_at_its_preset_under_the_command_line_and_scales_with_it():
+    from benchmarks.bench_quality import cell_budget
+
+    quality = load_group("budget", "quality")
+    tenfold = cell_budget("faces-all", quality, "quality", steps_factor=10)
+    assert tenfold["meta_steps"] == 10 * quality["meta_steps"]
+    assert tenfold["method_steps"] == {
+        m: 10 * n for m, n in CELLS["faces-all"]["budgets"]["quality"]["method_steps"].items()
+    }
+    assert "method_steps" not in cell_budget("faces-all", quality, "small")  # another preset: its own
+    assert cell_budget("glyphs-10", quality, "quality")["batch_size"] == 8
+    assert cell_budget("glyphs-10", quality, "quality", given={"batch_size": 2})["batch_size"] == 2
+    assert quality["batch_size"] == 4  # the preset itself is left alone

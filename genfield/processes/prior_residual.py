@@ -42,6 +42,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from genfield.calibration import hold_std_scale, scaled
 from genfield.classical.gaussian import (
     Dense,
     GaussianPrior,
@@ -160,6 +161,7 @@ class PriorResidual(Reconstructor):
             self.register_buffer(
                 name, torch.zeros(0, dtype=torch.long if name == "prior_shape" else torch.float64)
             )
+        hold_std_scale(self)  # the factor on every predicted std, set on validation signals
         if collection is not None:
             self.fit_prior(collection)
         self._operators: dict[bytes, torch.Tensor] = {}  # CT projection matrices by geometry
@@ -333,7 +335,8 @@ class ConditionedGrids(Adapted):
     @torch.no_grad()
     def predict(self, queries: torch.Tensor, query_map: ForwardMap, *, variance: bool = True) -> Prediction:
         query_map.validate_queries(queries, "query")
-        return self.method.observe(self.grids, queries, query_map, variance)
+        # the calibrated factor (genfield.calibration) on what is predicted, never on what trains
+        return scaled(self.method.observe(self.grids, queries, query_map, variance), self.method.std_scale)
 
 
 def build_prior_residual(
