@@ -78,6 +78,9 @@ class Row:
     #: the meta-step whose weights were scored: the best on validation (``budget.validations``), else
     #: the last; ``None`` for what does not train
     weights_step: int | None = None
+    #: the validation score those weights were picked by (the method's validation metric at its own
+    #: default steps, one figure per method): what a recipe is tuned on, never the test signals
+    validation: float | None = None
 
 
 def run_comparison(
@@ -154,6 +157,7 @@ def run_comparison(
             )
             best = load_best(method, result)  # the best weights on validation, where it validated
             weights_step = (best["step"] if best else result.steps) if steps else None
+            validation = float(best["value"]) if best else None
             for setting, adapt_steps in method.settings(budget):
                 if steps:  # a learned std is recalibrated on the validation signals (never the test
                     # ones), at the steps it is scored at: the spread of an adapted posterior changes
@@ -176,6 +180,7 @@ def run_comparison(
                         result.seconds,
                         mean_coverage(evaluation.prediction, test_batch),
                         weights_step,
+                        validation,
                     )
                 )
             predictions[method_name] = evaluation.prediction  # at the method's largest budget

@@ -124,6 +124,7 @@ def test_compare_scores_the_best_weights_on_validation(tmp_path):
     assert best_step < 6
     learned = [r for r in rows if r.method == "maml"]
     assert {r.weights_step for r in learned} == {best_step}
+    assert [r.validation for r in learned] == pytest.approx([max(psnr for _, psnr in checks)] * 2, abs=1e-4)
     assert all(r.coverage90 is None for r in learned)  # MAML reports no variance
     # the rows are the best checkpoint's scores, reloaded and evaluated independently
     config = {**load_group("data", "glyphs", data), "batch_size": budget["batch_size"]}

@@ -296,6 +296,22 @@ def test_bad_input_gives_clear_errors():
         build_process("cnp", image_field(), "image", widht=3)
 
 
+@pytest.mark.parametrize("value", [3, [1, 2, 3], [0.5, 2], [5, 1], [0, 2], "12", [True, 2]])
+def test_a_malformed_context_subsample_is_a_one_line_error_naming_the_option(value):
+    from genfield.processes import build_prior_residual
+
+    with pytest.raises(InputError, match=r"^process context_subsample must be \(lo, hi\)"):
+        build_process("cnp", image_field(), "image", context_subsample=value, **SMALL)
+    with pytest.raises(InputError, match=r"^prior_residual context_subsample must be \(lo, hi\)"):
+        build_prior_residual("prior_residual", image_field(), "image", context_subsample=value)
+    assert build_process(
+        "cnp", image_field(), "image", context_subsample=[2, 4], **SMALL
+    ).config.context_subsample == (
+        2,
+        4,
+    )
+
+
 def test_token_budget_warns_and_is_deterministic():
     model = build_process("cnp", image_field(), "image", max_tokens=5, **SMALL)
     batch = image_batch()

@@ -22,6 +22,7 @@ from typing import Any
 
 from genfield.errors import InputError, unknown_name
 from genfield.kinds import KINDS, get_kind, options_for_kind
+from genfield.processes.subsampling import subsample_range
 
 MODELS = ("cnp", "np", "anp", "ponp")
 
@@ -86,8 +87,8 @@ def process_config(name: str, kind: str, **options: Any) -> ProcessConfig:
         raise InputError(f"unknown process option(s) {sorted(unknown)}; valid: {sorted(known)}")
     if "weight_layers" in options:
         options["weight_layers"] = tuple(options["weight_layers"])
-    if options.get("context_subsample") is not None:
-        options["context_subsample"] = tuple(int(v) for v in options["context_subsample"])
+    if "context_subsample" in options:
+        options["context_subsample"] = subsample_range(options["context_subsample"], "process")
     for key in ("tokenizer_options", "local_options"):
         if key in options:
             options[key] = dict(options[key] or {})

@@ -29,6 +29,7 @@ from genfield.processes.likelihoods import (
     GaussianLikelihood,
     build_likelihood,
 )
+from genfield.processes.subsampling import subsample_range
 from genfield.processes.tokenizers import build_tokenizer
 
 
@@ -62,9 +63,7 @@ def validate_config(kind: str, config: ProcessConfig) -> None:
         if value not in valid:
             raise unknown_name(f"process {key}", value, valid)
     CONDITIONERS[config.conditioning].check(config)
-    subsample = config.context_subsample
-    if subsample is not None and not (len(subsample) == 2 and 1 <= subsample[0] <= subsample[1]):
-        raise InputError(f"process context_subsample must be (lo, hi), 1 <= lo <= hi: {subsample}")
+    subsample_range(config.context_subsample, "process")
     if not (config.deterministic or config.latent_dim or config.attention):
         raise InputError("process needs a deterministic path, a latent path or attention")
     if config.max_tokens < 1 or config.train_samples < 1:

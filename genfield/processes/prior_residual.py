@@ -59,7 +59,7 @@ from genfield.forward import ForwardMap
 from genfield.forward.grid import grid_field
 from genfield.interface import Adapted, Prediction, Reconstructor
 from genfield.processes.local import normalised, splat_with_density
-from genfield.processes.subsampling import subsample_context
+from genfield.processes.subsampling import subsample_context, subsample_range
 from genfield.processes.unet import UNet
 
 #: The kinds with a linear forward map over a pixel grid, where a Gaussian prior conditions exactly.
@@ -133,13 +133,7 @@ class PriorResidual(Reconstructor):
             raise InputError(f"prior_residual max_log_scale must be > 0, got {max_log_scale}")
         if not min_std >= 0:
             raise InputError(f"prior_residual min_std must be >= 0, got {min_std}")
-        if context_subsample is not None:
-            context_subsample = tuple(int(v) for v in context_subsample)
-            if not (len(context_subsample) == 2 and 1 <= context_subsample[0] <= context_subsample[1]):
-                raise InputError(
-                    f"prior_residual context_subsample must be (lo, hi), 1 <= lo <= hi: {context_subsample}"
-                )
-        self.context_subsample = context_subsample
+        self.context_subsample = subsample_range(context_subsample, "prior_residual")
         self.kind, self.max_log_scale, self.min_var = kind, float(max_log_scale), float(min_std) ** 2
         self.signal_channels = head_channels(field_config.head, field_config.out_dim)
         c = self.signal_channels

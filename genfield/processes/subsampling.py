@@ -7,10 +7,29 @@ scored on what it was not shown.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from einops import rearrange, repeat
 
 from genfield.datasets.batch import Observations
+from genfield.errors import InputError
+
+
+def subsample_range(value: Any, owner: str) -> tuple[int, int] | None:
+    """The option ``context_subsample`` as ``(lo, hi)`` with ``1 <= lo <= hi``, or ``None``.
+
+    ``owner`` names the method in the one-line error a malformed value gets (a scalar, three
+    entries, a fraction, ``lo > hi``).
+    """
+    if value is None:
+        return None
+    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+    ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not (ok and 1 <= value[0] <= value[1]):
+        raise InputError(f"{owner} context_subsample must be (lo, hi), integers 1 <= lo <= hi: {value!r}")
+    return int(value[0]), int(value[1])
 
 
 def take_units(obs: Observations, index: torch.Tensor, unit: int) -> Observations:
