@@ -371,7 +371,8 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="METHOD.KEY=VALUE",
-        help="method options, e.g. prior_residual.score=ground_truth (METHOD.lr: its outer rate)",
+        help="method options, e.g. prior_residual.score=ground_truth (METHOD.lr: its outer rate); "
+        "an option given here also replaces the method's by_kind entries of that name",
     )
     args = parser.parse_args()
     method_overrides: dict[str, dict[str, Any]] = {}

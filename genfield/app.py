@@ -10,6 +10,7 @@ shared helpers for the imports that name ``genfield.app``).
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,44 @@ def run_hydra_command(command: str, argv: list[str]) -> None:
         from importlib import import_module
 
         apps[command] = import_module(f"genfield.commands.{command}").app
-    argv = [*argv, *_torchrun_overrides(argv)]
+    argv = [*argv, *_torchrun_overrides(argv), *given_over_by_kind_overrides(command, argv)]
     preflight(command, argv)
     sys.argv = [f"genfield {command}", *argv]
     apps[command]()
+
+
+def given_over_by_kind_overrides(command: str, argv: list[str]) -> list[str]:
+    """The overrides that carry ``train``'s explicit ``method.options.KEY=VALUE`` into every
+    ``by_kind`` entry of the method's config that sets ``KEY`` (by_kind wins when the method is
+    built, so the given value would otherwise be replaced on that kind without a word; compare and
+    demo do the same through :func:`genfield.comparison.load_group`)."""
+    given = {}
+    for arg in argv:
+        match = re.fullmatch(r"\+{0,2}method\.options\.([^.=]+)=(.*)", arg)
+        if match:
+            given[match[1]] = match[2]
+    if command != "train" or not given or any(a.startswith("-") for a in argv):
+        return []
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_module("genfield.configs", version_base="1.3"):
+            method = OmegaConf.to_container(compose(command, overrides=argv).method, resolve=True)
+    except Exception:  # noqa: BLE001 - Hydra reports bad overrides itself
+        return []
+    options = method.get("options") if isinstance(method, dict) else None
+    by_kind = options.get("by_kind") if isinstance(options, dict) else None
+    if not isinstance(by_kind, dict):  # none, or malformed: the config check reports that
+        return []
+    return [
+        f"method.options.by_kind.{kind}.{key}={value}"
+        for kind, entry in by_kind.items()
+        for key, value in given.items()
+        if isinstance(entry, dict)
+        and key in entry
+        and not any(a.startswith(f"method.options.by_kind.{kind}.{key}=") for a in argv)
+    ]
 
 
 def preflight(command: str, argv: list[str]) -> None:

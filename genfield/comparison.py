@@ -36,7 +36,7 @@ from genfield.calibration import calibrate, coverage
 from genfield.datasets.sampling import StepBatches
 from genfield.errors import InputError
 from genfield.evaluation import evaluate
-from genfield.kinds import KindSpec, get_kind
+from genfield.kinds import KindSpec, get_kind, given_over_by_kind
 from genfield.profiling import measure
 from genfield.targets import built_class, locate
 from genfield.training import TrainConfig, load_best, resolve_device, train
@@ -49,7 +49,9 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def load_group(group: str, name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The config ``configs/<group>/<name>.yaml`` as a plain dict, with ``overrides`` merged in."""
+    """The config ``configs/<group>/<name>.yaml`` as a plain dict, with ``overrides`` merged in
+    (an option given in ``overrides["options"]`` also replaces the ``by_kind`` entries of that name:
+    :func:`~genfield.kinds.given_over_by_kind`)."""
     path = CONFIG_DIR / group / f"{name}.yaml"
     if not path.is_file():
         valid = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
@@ -57,7 +59,11 @@ def load_group(group: str, name: str, overrides: Mapping[str, Any] | None = None
     config = OmegaConf.load(path)
     if overrides:
         config = OmegaConf.merge(config, OmegaConf.create(dict(overrides)))
-    return OmegaConf.to_container(config, resolve=True)
+    result = OmegaConf.to_container(config, resolve=True)
+    given = (overrides or {}).get("options")
+    if isinstance(given, Mapping) and isinstance(result.get("options"), Mapping):
+        result["options"] = given_over_by_kind(result["options"], given)
+    return result
 
 
 @dataclass

@@ -73,6 +73,30 @@ def test_default_meta_gradient_matches_the_converged_bilevel_gradient_in_every_b
         assert cosine(implicit, numeric) >= 0.99, block
 
 
+def test_mean_outer_objective_gradient_matches_the_converged_bilevel_gradient_in_every_block():
+    """``outer_objective="mean"`` scores the target NLL at ``mu`` alone: the right-hand side has no
+    rho block, yet ``l`` still moves ``mu*`` through the inner optimum's mu-rho coupling."""
+    batch = tiny_batch(2)
+    learner = default_ibaml(outer_objective="mean")
+    noise = learner.draw_noise(batch.num_signals)
+    v = learner.adapt_posterior(batch.context, batch.forward_map, noise, learner.inner_steps)
+    target = batch.target
+    at_mean = gaussian_nll(
+        learner.observe(v.mu, target.queries, batch.forward_map), target.values, learner.log_sigma
+    )
+    torch.testing.assert_close(
+        learner.target_loss(v, noise, target, batch.forward_map),
+        at_mean.mean() / target.values[0].numel(),
+    )
+    got = learner.meta_gradient(batch)
+    assert learner.last_metrics["skipped"] == 0
+    for block, names in blocks(learner).items():
+        numeric = converged_gradient(learner, batch, names)
+        assert numeric.abs().max() > 0, block
+        implicit = torch.cat([got[k].reshape(-1) for k in names])
+        assert cosine(implicit, numeric) >= 0.99, block
+
+
 def test_implicit_noise_gradient_matches_the_converged_bilevel_gradient():
     """The learned noise: by default its gradient is the target NLL's own (``noise_gradient=
     "direct"``, tested in test_meta_gradients); the implicit one is the bilevel derivative."""

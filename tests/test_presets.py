@@ -107,3 +107,22 @@ def test_demo_config_names_existing_methods_and_data():
         assert (CONFIGS / "method" / f"{method}.yaml").is_file()
     assert list(cfg.datasets) == ["glyphs"] and {"ibaml", "ponp", "random_init"} <= set(cfg.methods)
     assert set(cfg.budget.method_steps) <= set(cfg.methods)
+
+
+def test_an_explicit_method_option_reaches_the_kinds_whose_by_kind_entry_sets_it():
+    """``train method.options.obs_noise=...``: iBaML's image entry holds its own noise, which would
+    otherwise win over the value given on the command line."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from genfield.app import given_over_by_kind_overrides
+    from genfield.kinds import options_for_kind
+
+    argv = ["method=ibaml", "data=faces", "method.options.obs_noise=0.02", "method.options.mc_samples=4"]
+    extra = given_over_by_kind_overrides("train", argv)
+    assert extra == ["method.options.by_kind.image.obs_noise=0.02"]
+    with initialize_config_module("genfield.configs", version_base="1.3"):
+        options = OmegaConf.to_container(compose("train", overrides=[*argv, *extra]).method.options)
+    built = options_for_kind(options, "image", "meta-learner")
+    assert built["obs_noise"] == 0.02 and built["mc_samples"] == 4
+    assert given_over_by_kind_overrides("train", ["method=ibaml"]) == []

@@ -115,3 +115,23 @@ def test_a_cells_own_budget_applies_at_its_preset_under_the_command_line_and_sca
     assert cell_budget("glyphs-10", quality, "quality")["batch_size"] == 8
     assert cell_budget("glyphs-10", quality, "quality", given={"batch_size": 2})["batch_size"] == 2
     assert quality["batch_size"] == 4  # the preset itself is left alone
+
+
+def test_an_option_given_to_the_benchmark_also_replaces_the_methods_by_kind_entry():
+    """iBaML's image kind holds its own ``obs_noise``: a probe of that option must reach images."""
+    from benchmarks.bench_quality import merged_overrides
+    from genfield.kinds.base import options_for_kind
+
+    given = {
+        "ibaml": {"options": {"obs_noise": 0.025, "mc_samples": 4, "by_kind": {"ct": {"cg_iterations": 3}}}}
+    }
+    options = load_group("method", "ibaml", merged_overrides({}, given)["ibaml"])["options"]
+    for kind in ("image", "ct", "shape"):
+        built = options_for_kind(options, kind, "meta-learner")
+        assert built["obs_noise"] == 0.025 and built["mc_samples"] == 4, kind
+    assert options_for_kind(options, "ct", "meta-learner")["cg_iterations"] == 3  # given per kind
+    assert options_for_kind(options, "image", "meta-learner")["cg_iterations"] == 20
+    assert options["by_kind"]["image"]["lr_scale_logvar"] == 1.0  # the kind's other entries stay
+    assert "mc_samples" not in options["by_kind"]["image"]
+    shipped = load_group("method", "ibaml")["options"]
+    assert options_for_kind(shipped, "image", "meta-learner")["obs_noise"] == 0.05  # the shipped default

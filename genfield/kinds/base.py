@@ -233,6 +233,25 @@ def get_kind(name: str) -> KindSpec:
     return _REGISTRY[name]
 
 
+def given_over_by_kind(options: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` (a method config's, ``by_kind`` included) with the options a user ``given``
+    explicitly set everywhere they apply: at the top and in every ``by_kind`` entry that sets the
+    same name. When the method is built ``by_kind`` wins over the top level (:func:`options_for_kind`),
+    so without this an explicit ``obs_noise`` would be silently replaced on a kind whose entry holds
+    its own; ``given``'s own ``by_kind`` entries are merged last (they name their kind)."""
+    given = dict(given)
+    own_by_kind = dict(given.pop("by_kind", None) or {})
+    by_kind = {k: dict(v or {}) for k, v in (options.get("by_kind") or {}).items()}
+    for entry in by_kind.values():
+        entry.update({key: value for key, value in given.items() if key in entry})
+    for kind, entry in own_by_kind.items():
+        by_kind[kind] = {**by_kind.get(kind, {}), **dict(entry or {})}
+    out = {**options, **given}
+    if by_kind:
+        out["by_kind"] = by_kind
+    return out
+
+
 def options_for_kind(options: Mapping[str, Any], kind: str | None, owner: str) -> dict[str, Any]:
     """``options`` without their ``by_kind`` entry, with ``by_kind[kind]`` merged over them.
 

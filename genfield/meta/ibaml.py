@@ -29,7 +29,8 @@ with ``NLL`` the Gaussian negative log-likelihood summed over observations
 
 Outer objective (per target observation, averaged over signals):
 
-    L(v) = 1/M sum_j NLL_tgt(mu + e^{rho/2} eps_j)
+    L(v) = 1/M sum_j NLL_tgt(mu + e^{rho/2} eps_j)      (outer_objective="expected", the paper's)
+    L(v) = NLL_tgt(mu)                                   (outer_objective="mean")
 
 Meta-gradient: at ``v* = argmin F``, one CG solve ``A x = grad_v L(v*)`` with the curvature ``A``
 of ``F`` in ``v`` and the closed-form cross terms of the KL in the prior
@@ -145,6 +146,7 @@ class IBaML(MetaLearner):
         self.lr_scale_logvar, self.lr_scale_obs_noise = config.lr_scale_logvar, config.lr_scale_obs_noise
         self.antithetic = config.antithetic
         self.mean_step_cap = config.mean_step_cap
+        self.outer_objective = config.outer_objective
 
     # -- parameters -----------------------------------------------------------------------------
     def meta_parameters(self) -> dict[str, nn.Parameter]:
@@ -291,8 +293,11 @@ class IBaML(MetaLearner):
         return gaussian_nll(pred, obs.values, learner.log_sigma.detach()).sum() / draws
 
     def target_loss(self, v: Posterior, noise: Tree, target: Observations, forward_map) -> torch.Tensor:
-        """The outer objective ``L(v)``: expected NLL per target value, mean over signals."""
+        """The outer objective ``L(v)``: expected NLL per target value, mean over signals; with
+        ``outer_objective="mean"`` the NLL at ``mu`` (one draw of zero noise: no gradient in rho)."""
         per_value = target.values.shape[1] * target.values.shape[2]
+        if self.outer_objective == "mean":
+            noise = {k: torch.zeros_like(e[:1]) for k, e in noise.items()}
         return self.expected_nll(v, noise, target, forward_map).mean() / per_value
 
     # -- inner loop -----------------------------------------------------------------------------
