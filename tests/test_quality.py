@@ -135,3 +135,13 @@ def test_an_option_given_to_the_benchmark_also_replaces_the_methods_by_kind_entr
     assert "mc_samples" not in options["by_kind"]["image"]
     shipped = load_group("method", "ibaml")["options"]
     assert options_for_kind(shipped, "image", "meta-learner")["obs_noise"] == 0.05  # the shipped default
+
+
+def test_a_malformed_by_kind_override_is_still_named_by_the_kind_check():
+    from genfield.kinds.base import options_for_kind
+
+    options = load_group("method", "ibaml", {"options": {"obs_noise": 0.1, "by_kind": {"image": 3}}})[
+        "options"
+    ]
+    with pytest.raises(InputError, match="by_kind.image must be a mapping"):
+        options_for_kind(options, "image", "meta-learner")

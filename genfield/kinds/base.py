@@ -240,16 +240,19 @@ def given_over_by_kind(options: Mapping[str, Any], given: Mapping[str, Any]) -> 
     so without this an explicit ``obs_noise`` would be silently replaced on a kind whose entry holds
     its own; ``given``'s own ``by_kind`` entries are merged last (they name their kind)."""
     given = dict(given)
-    own_by_kind = dict(given.pop("by_kind", None) or {})
-    by_kind = {k: dict(v or {}) for k, v in (options.get("by_kind") or {}).items()}
-    for entry in by_kind.values():
-        entry.update({key: value for key, value in given.items() if key in entry})
+    own_by_kind = given.pop("by_kind", None) or {}
+    by_kind = options.get("by_kind") or {}
+    if not isinstance(by_kind, Mapping) or not isinstance(own_by_kind, Mapping):
+        return {**options, **given}  # malformed: options_for_kind names it
+    mappings = lambda entry: isinstance(entry, Mapping)  # noqa: E731 - others: named there too
+    by_kind = {
+        k: {**v, **{key: given[key] for key in given.keys() & v.keys()}} if mappings(v) else v
+        for k, v in by_kind.items()
+    }
     for kind, entry in own_by_kind.items():
-        by_kind[kind] = {**by_kind.get(kind, {}), **dict(entry or {})}
-    out = {**options, **given}
-    if by_kind:
-        out["by_kind"] = by_kind
-    return out
+        mine = by_kind.get(kind)
+        by_kind[kind] = {**mine, **entry} if mappings(mine) and mappings(entry) else entry
+    return {**options, **given, **({"by_kind": by_kind} if by_kind else {})}
 
 
 def options_for_kind(options: Mapping[str, Any], kind: str | None, owner: str) -> dict[str, Any]:
