@@ -16,6 +16,7 @@ from test_meta_gradients import cosine, finite_differences, flat, newton, tiny_b
 
 from genfield.comparison import load_group
 from genfield.fields import build_field
+from genfield.kinds import options_for_kind
 from genfield.meta import build_meta_learner
 from genfield.meta.likelihood import gaussian_nll
 from genfield.meta.tree import leaves, tree_leaves
@@ -23,9 +24,10 @@ from genfield.meta.tree import leaves, tree_leaves
 pytestmark = pytest.mark.usefixtures("float64_one_thread")
 
 
-def default_ibaml(field=None, **overrides):
-    """An iBaML learner with the shipped image options (``by_kind`` resolved for images)."""
+def default_ibaml(field=None, kind=None, **overrides):
+    """An iBaML learner with the shipped top-level options, or with ``by_kind[kind]`` merged over them."""
     options = dict(load_group("method", "ibaml")["options"])
+    options = options_for_kind(options, kind, "meta-learner") if kind else {**options, "by_kind": None}
     options.pop("by_kind", None)
     field = tiny_field() if field is None else field
     return build_meta_learner("ibaml", field, **{**options, "noise_seed": 0, **overrides})
@@ -93,6 +95,18 @@ def test_mean_outer_objective_gradient_matches_the_converged_bilevel_gradient_in
     for block, names in blocks(learner).items():
         numeric = converged_gradient(learner, batch, names)
         assert numeric.abs().max() > 0, block
+        implicit = torch.cat([got[k].reshape(-1) for k in names])
+        assert cosine(implicit, numeric) >= 0.99, block
+
+
+def test_image_configuration_meta_gradient_matches_the_converged_bilevel_gradient_in_every_block():
+    """What images train with (``by_kind.image``: its noise, outer objective and inner steps)."""
+    batch = tiny_batch(2)
+    learner = default_ibaml(kind="image")
+    got = learner.meta_gradient(batch)
+    assert learner.last_metrics["skipped"] == 0
+    for block, names in blocks(learner).items():
+        numeric = converged_gradient(learner, batch, names)
         implicit = torch.cat([got[k].reshape(-1) for k in names])
         assert cosine(implicit, numeric) >= 0.99, block
 
