@@ -118,7 +118,8 @@ GROUP_RULES: dict[str, Rule] = {
     **dict.fromkeys(["latent_dim", "tto_steps"], COUNT0),
     "max_tokens": nullable(COUNT),
     **dict.fromkeys(
-        "inner_lr tto_lr inner_lr_logvar prior_std obs_noise lr_scale_logvar lr_scale_obs_noise lam".split(),
+        "inner_lr tto_lr inner_lr_logvar prior_std obs_noise lr_scale lr_scale_logvar lr_scale_obs_noise "
+        "lam".split(),
         POSITIVE,
     ),
     "cg_damping": NONNEGATIVE,

@@ -148,6 +148,25 @@ def test_training_warns_once_and_marks_the_metrics_when_the_loss_rises(tmp_path)
     assert len(marked) == 1 and len(rises) == 1 and f"step {marked[0]}" in str(rises[0].message)
 
 
+@pytest.mark.parametrize("name", ["reptile", "ibaml"])
+def test_lr_scale_sets_the_outer_rate_of_every_group_through_the_trainer(name, tmp_path):
+    # Adam's first step moves every entry with a non-negligible gradient by its group's rate exactly
+    config = TrainConfig(
+        steps=1, lr=1e-2, schedule="constant", warmup_steps=0, grad_clip=None, progress=False
+    )
+    moved = {}
+    for scale in (1.0, 0.25):
+        model = learner(name, inner_lr=0.3, lr_scale=scale)
+        before = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+        train(model, batches(), config, tmp_path / str(scale))
+        moved[scale] = {
+            k: (p.detach() - before[k]).abs().max() for k, p in model.named_parameters() if k in before
+        }
+    for key, step in moved[1.0].items():
+        torch.testing.assert_close(moved[0.25][key], 0.25 * step, rtol=1e-3, atol=0)
+    assert max(moved[1.0].values()) == pytest.approx(1e-2 * (30.0 if name == "ibaml" else 1.0), rel=1e-3)
+
+
 # -- non-finite inner loops ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["maml", "fomaml", "reptile", "imaml"])
 def test_a_nan_in_one_signals_inner_loop_is_reported_and_skipped(name, tmp_path):
@@ -163,6 +182,22 @@ def test_a_nan_in_one_signals_inner_loop_is_reported_and_skipped(name, tmp_path)
     with pytest.warns(MetaStepSkipped, match="non-finite values in the inner loop"):
         metrics = model.compute_gradients(batch)
     assert metrics["skipped"] == 1 and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_meta_gradient_whose_norm_overflows_is_a_skipped_step_not_a_silent_no_op(tmp_path):
+    # a diverging inner loop, differentiated (MAML on shapes at the image inner rate): every entry of
+    # the gradient and the loss finite, their norm not; clipping would scale every step to zero
+    torch.manual_seed(0)
+    field = build_field("siren", head="grey", hidden=8, n_layers=2)
+    model = build_meta_learner("maml", field, inner_steps=4, inner_lr=30.0)
+    grads, metrics = model._outer_and_gradient(batches()[0])
+    assert all(torch.isfinite(g).all() for g in grads.values()) and torch.isfinite(metrics["loss"])
+    before = [p.detach().clone() for p in model.parameters()]
+    config = TrainConfig(steps=2, lr=1e-2, log_every=1, progress=False)
+    with pytest.warns(MetaStepSkipped, match="norm inf"):
+        result = train(model, batches(), config, tmp_path)
+    assert [row["skipped"] for row in result.history] == [1.0, 1.0]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

@@ -165,6 +165,7 @@ class IBaML(MetaLearner):
         its rate per step, and a log-variance must travel several nats (a weight's data-to-prior
         balance, ``e^l N / sigma^2``, spans decades) while the mean moves by small fractions of a
         weight: one rate for both leaves the variance frozen."""
+        lr = lr * self.lr_scale  # a kind's own outer rate (MetaLearner.optimizer_groups)
         logvar = list(self.prior_logvar.values())
         noise = [self.log_sigma] if self.learn_obs_noise else []
         rest = [*self.prior_mean.values(), *self.shared.values()]

@@ -45,7 +45,7 @@ from genfield.fields.field import Field
 from genfield.forward import ForwardMap
 from genfield.interface import Adapted, Prediction, Reconstructor
 from genfield.meta.inner import finite_per_signal, warn_non_finite
-from genfield.meta.tree import Tree, tree_all_finite
+from genfield.meta.tree import Tree
 
 
 class MetaStepSkipped(RuntimeWarning):
@@ -112,6 +112,7 @@ class MetaLearner(Reconstructor):
         adapt_keys: list[str] | str | None = None,
         seed: int = 0,
         compile: bool | str = "auto",
+        lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
         #: Runs the losses of first-order inner steps, eager or compiled (:meth:`first_order_loss`);
@@ -125,6 +126,9 @@ class MetaLearner(Reconstructor):
             )
         if inner_steps < 0 or inner_lr <= 0:
             raise InputError(f"inner_steps={inner_steps} inner_lr={inner_lr}: need >= 0 and > 0")
+        if not lr_scale > 0:
+            raise InputError(f"lr_scale={lr_scale}: need a value > 0")
+        self.lr_scale = float(lr_scale)
         self.field = field
         self.inner_steps, self.inner_lr, self.inner_optimizer = inner_steps, inner_lr, inner_optimizer
         initial = field.init(seed)
@@ -135,6 +139,12 @@ class MetaLearner(Reconstructor):
         self._initial = {k: initial[k] for k in self.adapt_names}
 
     # -- parameters -----------------------------------------------------------------------------
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """One Adam group at ``lr_scale * lr``. ``lr_scale`` is how a data kind gets its own outer
+        rate through ``by_kind`` (the method config's ``lr`` serves every kind; Adam's step does not
+        depend on the gradient's scale, so only the rate can slow the outer loop)."""
+        return super().optimizer_groups(lr * self.lr_scale)
+
     @staticmethod
     def named(group: str, tree: Tree) -> Tree:
         """``tree`` under the meta-parameter names of ``group``: ``"<group>/<field parameter>"``."""
@@ -185,7 +195,10 @@ class MetaLearner(Reconstructor):
 
     def _checked_gradient(self, batch: SignalBatch) -> tuple[Tree, dict[str, torch.Tensor], bool]:
         grads, metrics = self._outer_and_gradient(batch)
-        ok = tree_all_finite(grads) & metrics.pop("ok", torch.tensor(True))
+        # the norm, not each entry: finite entries whose norm overflows (a diverging inner loop
+        # differentiated) would be clipped to zero, a silent no-op step
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+        ok = torch.isfinite(norm) & metrics.pop("ok", torch.tensor(True))
         if bool(ok):  # the one host synchronisation of a meta-step
             metrics["skipped"] = torch.tensor(0.0)
             return grads, metrics, True
@@ -194,7 +207,8 @@ class MetaLearner(Reconstructor):
         if not bool(metrics.get("inner_finite", True)):
             detail += " (non-finite values in the inner loop)"
         warnings.warn(
-            f"{self.name}: meta-gradient not finite or CG above tolerance{detail}; meta-step skipped",
+            f"{self.name}: meta-gradient not finite (norm {float(norm):.3g}) or CG above tolerance{detail}; "
+            "meta-step skipped",
             MetaStepSkipped,
             stacklevel=3,
         )
