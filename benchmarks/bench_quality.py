@@ -113,6 +113,9 @@ CELLS: dict[str, dict[str, Any]] = {
         "data": "views",
         "overrides": {"n_context_views": 1},
         "target": Target(1.5, ("baseline",)),
+        # the meta-initialisations at 5-9 s per meta-step on 2 CPU cores: 150 steps cost about what
+        # PONP's 500 do (docs/decisions.md)
+        "budgets": {"quality": {"method_steps": {"maml": 150, "reptile": 150}}},
         # iBaML on views: ~55 s per meta-step on 2 CPU cores (docs/decisions.md), past any CPU budget here.
         "skip": ("ibaml",),
     },
