@@ -197,7 +197,7 @@ class MetaLearner(Reconstructor):
         grads, metrics = self._outer_and_gradient(batch)
         # the norm, not each entry: finite entries whose norm overflows (a diverging inner loop
         # differentiated) would be clipped to zero, a silent no-op step
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+        norm = torch.nn.utils.get_total_norm(list(grads.values()))
         ok = torch.isfinite(norm) & metrics.pop("ok", torch.tensor(True))
         if bool(ok):  # the one host synchronisation of a meta-step
             metrics["skipped"] = torch.tensor(0.0)
